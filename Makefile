@@ -1,0 +1,70 @@
+# make            build/leadership and build/lua (the module for a plain lua5.4)
+# make test       every spec (starts its own etcd, ZooKeeper, Redis on 127.0.0.1)
+# make demo       three `leadership run` processes on file://, leader killed
+# BUILD=dir       build somewhere else (helpers building side by side)
+
+BUILD    ?= build
+PKGS     := lua5.4 libevent jansson libcurl hiredis
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fPIC $(shell pkg-config --cflags $(PKGS))
+CFLAGS   += $(EXTRA_CFLAGS)
+LDLIBS   := $(shell pkg-config --libs $(PKGS)) -lzookeeper_mt -lpthread -lm
+LDFLAGS  += $(EXTRA_LDFLAGS)
+LUA      ?= lua5.4
+BUSTED   ?= busted
+
+RUNTIME_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
+BACKEND_SRC := $(wildcard backends/*.c)
+LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
+LUA_SRC     := $(wildcard lua/leadership/*.lua)
+
+.PHONY: all test unit demo clean install format
+all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC)) \
+     $(BUILD)/consul-double
+
+$(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# The Lua half of the module, compiled into the executable so it runs
+# without an installed module.
+$(BUILD)/obj/embedded_lua.c: $(LUA_SRC) runtime/embed.lua
+	@mkdir -p $(dir $@)
+	$(LUA) runtime/embed.lua $@ $(LUA_SRC)
+
+$(BUILD)/obj/embedded_lua.o: $(BUILD)/obj/embedded_lua.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/leadership: $(BUILD)/obj/runtime/main.o $(BUILD)/obj/embedded_lua.o $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/lua/leadership/core.so: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/lua/leadership/%.lua: lua/leadership/%.lua
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+$(BUILD)/consul-double: spec/support/consul-double.c
+	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libevent jansson)
+
+# luarocks calls this with LIBDIR/LUADIR/BINDIR of its tree.
+install: all
+	install -d $(LIBDIR)/leadership $(LUADIR)/leadership $(BINDIR)
+	install -m 755 $(BUILD)/lua/leadership/core.so $(LIBDIR)/leadership/
+	install -m 644 $(LUA_SRC) $(LUADIR)/leadership/
+	install -m 755 $(BUILD)/leadership $(BINDIR)/
+
+test: all
+	LEADERSHIP_BUILD=$(BUILD) $(BUSTED) --helper=spec/support/helper.lua spec
+
+demo: all
+	LEADERSHIP_BUILD=$(BUILD) examples/demo.sh
+
+format:
+	clang-format -i runtime/*.c runtime/*.h backends/*.c backends/*.h spec/support/*.c
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,33 @@
+/* The process's one libevent loop and its monotonic clock. */
+#ifndef LEADERSHIP_LOOP_H
+#define LEADERSHIP_LOOP_H
+
+#include <stdbool.h>
+
+struct event_base;
+
+/* The loop, created on first use. */
+struct event_base *ls_loop_base(void);
+
+/* Monotonic seconds; wall-clock seconds since the epoch. */
+double ls_now(void);
+double ls_wall(void);
+
+/* Work that keeps ls_loop_run going: active elections, running handlers,
+ * backend clean-ups. */
+void ls_loop_hold(void);
+void ls_loop_release(void);
+unsigned ls_loop_holds(void);
+
+/* Runs the loop for `timeout` seconds (< 0: no limit), or until
+ * ls_loop_break, or, with until_idle, until nothing holds it. True if
+ * nothing holds it when it returns. */
+bool ls_loop_run(double timeout, bool until_idle);
+
+/* Makes the innermost ls_loop_run return after the current callback. */
+void ls_loop_break(void);
+
+/* How many ls_loop_run calls are on the stack (0: not inside the loop). */
+int ls_loop_depth(void);
+
+#endif
