@@ -6,7 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-static enum ls_log_level log_threshold = LS_INFO;
+/* A library stays quiet; the executable asks for info. */
+static enum ls_log_level log_threshold = LS_WARN;
 static bool log_json;
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
 
