@@ -12,7 +12,7 @@ CFLAGS   += $(EXTRA_CFLAGS)
 LDLIBS   := $(shell pkg-config --libs $(PKGS)) -lzookeeper_mt -lpthread -lm
 LDFLAGS  += $(EXTRA_LDFLAGS)
 LUA      ?= lua5.4
-BUSTED   ?= busted
+BUSTED   ?= $(LUA) /usr/bin/busted
 
 RUNTIME_SRC := $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 BACKEND_SRC := $(wildcard backends/*.c)

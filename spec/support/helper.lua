@@ -107,6 +107,6 @@ function H.have(binary, pending)
   return false
 end
 
-math.randomseed(os.time() ~ tonumber(tostring({}):match("0x(%x+)") or "0", 16))
+math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)") or "0", 16) or 0))
 _G.H = H
 return H
