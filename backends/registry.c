@@ -4,16 +4,22 @@
 
 extern const ls_backend ls_backend_memory;
 extern const ls_backend ls_backend_file;
+extern const ls_backend ls_backend_redis;
+extern const ls_backend ls_backend_rediss;
 
 static const ls_backend *const all_backends[] = {
     &ls_backend_memory,
     &ls_backend_file,
+    &ls_backend_redis,
+    &ls_backend_rediss,
     NULL,
 };
 
 const char *const ls_backend_schemes[] = {
     "memory",
     "file",
+    "redis",
+    "rediss",
     NULL,
 };
 
