@@ -15,10 +15,10 @@ typedef struct ls_http ls_http;
 typedef struct ls_http_request ls_http_request;
 
 typedef struct ls_http_options {
-    const char *ca;             /* PEM file of CAs to trust, or NULL: system store */
-    const char *cert, *key;     /* client certificate and key (PEM), or NULL */
-    long max_host_connections;  /* per host:port; 0: no limit */
-    double connect_timeout;     /* seconds; 0: libcurl's default */
+    const char *ca;            /* PEM file of CAs to trust, or NULL: system store */
+    const char *cert, *key;    /* client certificate and key (PEM), or NULL */
+    long max_host_connections; /* per host:port; 0: no limit */
+    double connect_timeout;    /* seconds; 0: libcurl's default */
 } ls_http_options;
 
 typedef struct ls_http_header {
@@ -27,11 +27,11 @@ typedef struct ls_http_header {
 
 /* What came back. The pointers live until the callback returns. */
 typedef struct ls_http_response {
-    long status;        /* HTTP status, 0 if there was no response */
-    const char *body;   /* NUL-terminated (streams: NULL, data went to `data`) */
+    long status;      /* HTTP status, 0 if there was no response */
+    const char *body; /* NUL-terminated (streams: NULL, data went to `data`) */
     size_t len;
-    const char *error;  /* transport failure (connect, timeout, TLS), or NULL */
-    double sent_at;     /* ls_now() when the request was sent (local deadline) */
+    const char *error;             /* transport failure (connect, timeout, TLS), or NULL */
+    double sent_at;                /* ls_now() when the request was sent (local deadline) */
     const ls_http_header *headers; /* response headers of the last response */
     size_t nheaders;
 } ls_http_response;
@@ -52,7 +52,8 @@ void ls_http_free(ls_http *http);
 
 /* Sends one request: method "GET" "PUT" "POST" "DELETE"; headers a
  * NULL-terminated list of "Name: value" (or NULL); body copied (may be
- * NULL). timeout in seconds for the whole exchange (0: none). */
+ * NULL). timeout in seconds for the whole exchange (0: none). NULL only
+ * if libcurl refuses to set the request up (logged). */
 ls_http_request *ls_http_send(ls_http *http, const char *method, const char *url,
                               const char *const *headers, const char *body, size_t len,
                               double timeout, ls_http_done_fn done, void *arg);
