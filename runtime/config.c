@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,7 +73,8 @@ static int add_host(ls_store_config *cfg, const char *start, size_t len, char *e
         }
         *colon = '\0';
     }
-    if (host[0] == '\0' || strpbrk(host, "/?#@ ")) {
+    bool bracketed = host[0] == '[';
+    if (host[0] == '\0' || strpbrk(host, "/?#@ ") || (!bracketed && strchr(host, ':'))) {
         snprintf(err, errlen, "bad host '%s' in store URL '%s'", host, cfg->redacted);
         free(host);
         return -1;

@@ -2,6 +2,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -456,12 +457,17 @@ static void check_options(lua_State *L, int index, ls_store *store, double *ttl,
     }
 range:;
     const ls_backend *b = store->backend;
-    if (!(*ttl >= b->min_ttl && *ttl <= b->max_ttl))
-        luaL_error(L, "ttl %f is out of range for the %s store (%g to %g seconds)", *ttl,
-                   b->scheme, b->min_ttl, b->max_ttl);
-    if (*renew_deadline != 0 && !(*renew_deadline > 0 && *renew_deadline < *ttl))
-        luaL_error(L, "renew_deadline %f must be between 0 and the ttl (%g)", *renew_deadline,
-                   *ttl);
+    char message[200];
+    if (!(*ttl >= b->min_ttl && *ttl <= b->max_ttl)) {
+        snprintf(message, sizeof message, "ttl %g is out of range for the %s store (%g to %g seconds)",
+                 *ttl, b->scheme, b->min_ttl, b->max_ttl);
+        luaL_error(L, "%s", message);
+    }
+    if (*renew_deadline != 0 && !(*renew_deadline > 0 && *renew_deadline < *ttl)) {
+        snprintf(message, sizeof message, "renew_deadline %g must be between 0 and the ttl (%g)",
+                 *renew_deadline, *ttl);
+        luaL_error(L, "%s", message);
+    }
 }
 
 static int election_new(lua_State *L, bool candidate)

@@ -116,10 +116,14 @@ static int store_inject(lua_State *L)
 {
     ls_store *store = ls_lua_check_store(L, 1);
     const char *fault = luaL_checkstring(L, 2);
-    const char *arg = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : NULL;
-    double value = lua_isboolean(L, 3) ? lua_toboolean(L, 3) : luaL_optnumber(L, 3, 0);
-    if (arg)
-        value = 0;
+    const char *arg = NULL;
+    double value = 0;
+    if (lua_type(L, 3) == LUA_TSTRING)
+        arg = lua_tostring(L, 3);
+    else if (lua_isboolean(L, 3))
+        value = lua_toboolean(L, 3);
+    else
+        value = luaL_optnumber(L, 3, 0);
     if (!store->backend->inject)
         return luaL_error(L, "the %s store has no fault injection", store->config.scheme);
     char err[256];

@@ -79,7 +79,9 @@ static void task_finish(ls_task *task)
     task->resumed_at = ls_now();
     task->killed = false;
     lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
-    if (lua_resetthread(task->co) != LUA_OK) {
+    /* a thread that died raising returns that error again: already told */
+    int died = lua_status(task->co);
+    if (lua_resetthread(task->co) != LUA_OK && (died == LUA_OK || died == LUA_YIELD)) {
         ls_log(LS_ERROR, "handler %s: error while closing: %s", task->name,
                lua_tostring(task->co, -1));
     }

@@ -1,0 +1,347 @@
+-- The engine on memory://: every path driven deterministically with the
+-- memory backend's fault hooks.
+local L = require "leadership"
+
+local store_count = 0
+local function new_store()
+  store_count = store_count + 1
+  return assert(L.store("memory://engine-" .. store_count))
+end
+
+-- Records handler calls as strings: "a elected 1", "b lost resign", ...
+local function recorder()
+  local log = {}
+  local function record(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    log[#log + 1] = table.concat(parts, " ")
+  end
+  return log, record
+end
+
+local function candidate(store, name, log, options)
+  local c = L.candidate(store, "svc/leader", name, options or { ttl = 1 })
+  c.on_elected = function(_, term) log(name, "elected", term) end
+  c.on_lost = function(_, reason) log(name, "lost", reason) end
+  c.on_leader_change = function(_, leader, term) log(name, "sees", leader, term) end
+  c.on_error = function(_, err) log(name, "error", err) end
+  return c
+end
+
+local function index_of(list, item)
+  for i, v in ipairs(list) do if v == item then return i end end
+end
+
+describe("engine on memory://", function()
+  after_each(function()
+    -- run the loop dry, collect, and expect nothing alive
+    L.run(2)
+    collectgarbage()
+    collectgarbage()
+    local live = L.live()
+    assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, live)
+  end)
+
+  it("elects one, reports leader changes, hands over on resign", function()
+    local s = new_store()
+    local log, record = recorder()
+    local a = candidate(s, "a", record)
+    local b = candidate(s, "b", record)
+    a:run(); b:run()
+    L.sleep(0.05)
+    assert.is_true(a:is_leader())
+    assert.is_false(b:is_leader())
+    assert.equal(1, a:term())
+    assert.is_nil(b:term())
+    assert.equal("a", (b:leader()))
+    a:resign()
+    L.sleep(0.05)
+    assert.is_true(b:is_leader())
+    assert.equal(2, b:term())
+    -- order: a's loss is reported before b's election
+    local lost, elected = index_of(log, "a lost resign"), index_of(log, "b elected 2")
+    assert.truthy(lost and elected and lost < elected, table.concat(log, "\n"))
+    assert.truthy(index_of(log, "a elected 1") < index_of(log, "a sees a 1"))
+    assert.truthy(index_of(log, "a sees b 2"))
+    a:stop(); b:stop()
+  end)
+
+  it("stop is idempotent and releases at once", function()
+    local s = new_store()
+    local log, record = recorder()
+    local a, b = candidate(s, "a", record), candidate(s, "b", record)
+    a:run(); b:run()
+    L.sleep(0.02)
+    assert.is_true(a:stop())
+    assert.is_true(a:stop())
+    L.sleep(0.02)
+    assert.is_true(b:is_leader())
+    assert.equal(1, #(function() local t = {} for _, l in ipairs(log) do if l == "a lost stop" then t[#t + 1] = l end end return t end)())
+    b:stop(); b:stop()
+    assert.equal("stopped", b:state())
+  end)
+
+  it("reports vacancy to followers, and JSON values as tables", function()
+    local s = new_store()
+    local seen = {}
+    local f = L.follower(s, "svc/leader")
+    f.on_leader_change = function(_, leader, term) seen[#seen + 1] = { leader = leader, term = term } end
+    f:run()
+    local c = L.candidate(s, "svc/leader", { name = "underwood", addr = "10.0.0.5:80" }, { ttl = 1 })
+    c:run()
+    L.sleep(0.05)
+    c:stop()
+    L.sleep(0.05)
+    assert.equal("underwood", seen[#seen - 1].leader.name)
+    assert.equal("10.0.0.5:80", seen[#seen - 1].leader.addr)
+    assert.equal(1, seen[#seen - 1].term)
+    assert.is_nil(seen[#seen].leader)
+    assert.is_nil(f:leader())
+    f:stop()
+  end)
+
+  it("steps down at the local deadline when renewals are slow", function()
+    local s = new_store()
+    local log, record = recorder()
+    local a = candidate(s, "a", record, { ttl = 0.3 })
+    a.retry = function() return 0.05 end
+    a:run()
+    L.sleep(0.05)
+    assert.is_true(a:is_leader())
+    local deadline = a:deadline()
+    assert.truthy(deadline and deadline > L.now())
+    s:inject("renew_delay", 1) -- acknowledgements arrive after the deadline
+    local stepped = false
+    local t0 = L.now()
+    while L.now() - t0 < 1 and not stepped do
+      L.sleep(0.01)
+      stepped = index_of(log, "a lost deadline") ~= nil
+    end
+    assert.is_true(stepped, table.concat(log, "\n"))
+    -- stepped down no later than renew_deadline (2/3 ttl) after the last ack
+    assert.is_true(L.now() - t0 <= 0.3)
+    s:inject("renew_delay", 0)
+    L.sleep(0.3)
+    assert.is_true(a:is_leader()) -- campaigned again and won
+    a:stop()
+  end)
+
+  it("is_leader is false once the deadline has passed, even before the timer fires", function()
+    local s = new_store()
+    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    a:run()
+    L.sleep(0.02)
+    s:inject("renew_fail", true)
+    assert.is_true(a:is_leader())
+    os.execute("sleep 0.3") -- a pause: the loop does not run
+    assert.is_false(a:is_leader())
+    s:inject("renew_fail", false)
+    a:stop()
+  end)
+
+  it("loses on a lost session and on a deleted key, then campaigns again", function()
+    local s = new_store()
+    local log, record = recorder()
+    local a = candidate(s, "a", record)
+    a:run()
+    L.sleep(0.02)
+    s:inject("lose_session")
+    L.sleep(0.02)
+    assert.truthy(index_of(log, "a lost session"))
+    assert.is_true(a:is_leader())
+    assert.equal(2, a:term())
+    s:inject("delete_key", "svc/leader")
+    L.sleep(0.02)
+    assert.truthy(index_of(log, "a lost deleted"))
+    assert.equal(3, a:term())
+    a:stop()
+  end)
+
+  it("backs off with the retry function and gives up on nil", function()
+    local s = new_store()
+    local log, record = recorder()
+    local attempts = {}
+    local a = candidate(s, "a", record)
+    a.retry = function(attempt, err)
+      attempts[#attempts + 1] = { attempt, L.now() }
+      if attempt < 3 then return 0.05 end
+      return nil
+    end
+    s:inject("fail_next", 5)
+    a:run()
+    L.sleep(0.3)
+    assert.equal(3, #attempts)
+    assert.is_true(attempts[2][2] - attempts[1][2] >= 0.045)
+    assert.equal("stopped", a:state())
+    local errors = 0
+    for _, l in ipairs(log) do if l:match("^a error") then errors = errors + 1 end end
+    assert.equal(4, errors) -- three failures, then the final "gave up"
+    assert.truthy(log[#log]:match("gave up after 3 attempts"))
+  end)
+
+  it("backoff: doubling sequence within jitter bounds, and attempts", function()
+    local b = L.backoff { initial = 0.5, max = 4, factor = 2, jitter = 0.2, attempts = 6 }
+    local expected = { 0.5, 1, 2, 4, 4, 4 }
+    for attempt, base in ipairs(expected) do
+      for _ = 1, 50 do
+        local d = b(attempt, "err")
+        assert.is_true(d >= base * 0.8 - 1e-9 and d <= base * 1.2 + 1e-9, ("attempt %d: %g"):format(attempt, d))
+      end
+    end
+    assert.is_nil(b(7, "err"))
+    assert.has_error(function() L.backoff { initial = -1 } end, "backoff 'initial' must be > 0")
+    assert.has_error(function() L.backoff { intial = 1 } end, "unknown backoff field 'intial' (did you mean 'initial'?)")
+    assert.has_error(function() L.backoff { jitter = 2 } end, "backoff 'jitter' must be in [0, 1)")
+  end)
+
+  it("a backoff object serves as retry", function()
+    local s = new_store()
+    local a = L.candidate(s, "k", "a")
+    a.retry = L.backoff { initial = 0.02, max = 0.02, attempts = 2 }
+    local errors = {}
+    a.on_error = function(_, err) errors[#errors + 1] = err end
+    s:inject("fail_next", 10)
+    a:run()
+    L.sleep(0.2)
+    assert.equal("stopped", a:state())
+    assert.truthy(errors[#errors]:match("gave up after 3 attempts"))
+  end)
+
+  it("passes a handler's error to on_error and goes on", function()
+    local s = new_store()
+    local errors = {}
+    local a = L.candidate(s, "k", "a")
+    a.on_elected = function() error("boom") end
+    a.on_error = function(_, err) errors[#errors + 1] = err end
+    a:run()
+    L.sleep(0.05)
+    assert.truthy(errors[1] and errors[1]:match("boom"))
+    assert.is_true(a:is_leader())
+    a:stop()
+  end)
+
+  it("handles non-string errors raised in handlers", function()
+    local s = new_store()
+    local errors = {}
+    local a = L.candidate(s, "k", "a")
+    a.on_elected = function() error({ code = 42 }) end
+    a.on_error = function(_, err) errors[#errors + 1] = err end
+    a:run()
+    L.sleep(0.05)
+    assert.equal("string", type(errors[1]))
+    assert.truthy(errors[1]:match("^table:"))
+    a:stop()
+  end)
+
+  it("aborts a runaway handler (pcall cannot save it) while renewals go on", function()
+    local s = new_store()
+    local old_budget = L.handler_budget(0.05)
+    local errors = {}
+    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    a.on_elected = function()
+      while true do pcall(function() while true do end end) end
+    end
+    a.on_error = function(_, err) errors[#errors + 1] = err end
+    a:run()
+    L.sleep(0.5)
+    L.handler_budget(old_budget)
+    assert.truthy(errors[1] and errors[1]:match("budget"), tostring(errors[1]))
+    assert.is_true(a:is_leader()) -- renewed across more than a ttl
+    assert.is_true(a:stats().renewals >= 2)
+    a:stop()
+  end)
+
+  it("cancels on_elected on loss: never resumed, to-be-closed variables closed", function()
+    local s = new_store()
+    local closed, resumed_after_loss = false, false
+    local lost = false
+    local a = L.candidate(s, "k", "a")
+    a.on_elected = function(_, term)
+      if term > 1 then return end -- re-elected after the resign
+      local guard <close> = setmetatable({}, { __close = function() closed = true end })
+      while true do
+        L.sleep(0.01)
+        if lost then resumed_after_loss = true end
+      end
+    end
+    a.on_lost = function() lost = true end
+    a:run()
+    L.sleep(0.05)
+    a:resign()
+    L.sleep(0.05)
+    assert.is_true(closed)
+    assert.is_false(resumed_after_loss)
+    a:stop()
+  end)
+
+  it("accepts callable tables as handlers", function()
+    local s = new_store()
+    local called = {}
+    local handler = setmetatable({}, { __call = function(_, c, term) called[#called + 1] = term end })
+    local a = L.candidate(s, "k", "a")
+    a.on_elected = handler
+    a:run()
+    L.sleep(0.02)
+    assert.same({ 1 }, called)
+    a:stop()
+  end)
+
+  it("sleep yields only its own handler", function()
+    local s = new_store()
+    local ticks = { a = 0, b = 0 }
+    local function worker(name)
+      return function() for _ = 1, 5 do ticks[name] = ticks[name] + 1; L.sleep(0.01) end end
+    end
+    local a = L.candidate(s, "ka", "a")
+    local b = L.candidate(s, "kb", "b")
+    a.on_elected, b.on_elected = worker("a"), worker("b")
+    a:run(); b:run()
+    L.sleep(0.02)
+    assert.is_true(ticks.a >= 1 and ticks.b >= 1)
+    L.sleep(0.1)
+    assert.same({ a = 5, b = 5 }, ticks)
+    a:stop(); b:stop()
+  end)
+end)
+
+describe("bad input", function()
+  after_each(function() collectgarbage(); collectgarbage() end)
+
+  local function message(fn)
+    local ok, err = pcall(fn)
+    assert.is_false(ok)
+    return tostring(err)
+  end
+
+  it("names a bad URL, an unknown backend or option", function()
+    assert.truthy(message(function() L.store("etcd:/127.0.0.1") end):match("malformed store URL 'etcd:/127.0.0.1'"))
+    assert.truthy(message(function() L.store("memroy://x") end)
+      :match("unknown store backend 'memroy' in 'memroy://x' %(did you mean 'memory'%?%) %(known: memory, file"))
+    assert.truthy(message(function() L.store("memory://x?colour=red") end):match("unknown option 'colour' for the memory store"))
+    assert.truthy(message(function() L.store("redis://127.0.0.1:99999") end):match("bad port '99999' in store URL 'redis://127.0.0.1:99999'"))
+    assert.truthy(message(function() L.store("memory://") end):match("needs a name"))
+    assert.truthy(message(function() L.store("file://relative") end):match("needs an absolute directory"))
+    assert.truthy(message(function() L.store("memory://x", { timeout = "soon" }) end):match("timeout"))
+    -- credentials never appear in a message
+    local bad_host = message(function() L.store("redis://user:secret@127.0.0.1:1:2") end)
+    assert.truthy(bad_host:match("bad host '127.0.0.1:1' in store URL 'redis://user:%*%*%*@127.0.0.1:1:2'"), bad_host)
+    assert.falsy(bad_host:match("secret"))
+  end)
+
+  it("names a bad key, ttl, option or handler", function()
+    local s = assert(L.store("memory://bad"))
+    assert.truthy(message(function() L.candidate(s, "", "a") end):match("key must not be empty"))
+    assert.truthy(message(function() L.candidate(s, "k", "a", { ttl = 0 }) end):match("ttl 0 is out of range for the memory store %(0.01 to 86400 seconds%)"))
+    assert.truthy(message(function() L.candidate(s, "k", "a", { ttl = -5 }) end):match("out of range"))
+    assert.truthy(message(function() L.candidate(s, "k", "a", { ttl = "x" }) end):match("must be a number"))
+    assert.truthy(message(function() L.candidate(s, "k", "a", { tll = 5 }) end):match("unknown election option 'tll' %(did you mean 'ttl'%?%)"))
+    assert.truthy(message(function() L.candidate(s, "k", 42) end):match("string or table expected"))
+    assert.truthy(message(function() L.candidate(s, "k", "\255\254") end):match("not UTF%-8"))
+    local c = L.candidate(s, "k", "a")
+    assert.truthy(message(function() c.on_elect = function() end end):match("unknown handler 'on_elect' %(did you mean 'on_elected'%?%)"))
+    assert.truthy(message(function() c.on_elected = 5 end):match("on_elected must be a function"))
+    assert.truthy(message(function() L.sleep(-1) end):match("sleep wants seconds"))
+    c:stop()
+    s:close()
+  end)
+end)
