@@ -11,6 +11,7 @@
 #include "lua_election.h"
 #include "lua_store.h"
 #include "task.h"
+#include "watch.h"
 
 static lua_State *scratch_thread;
 /* Registry keys: the addresses of these statics. */
@@ -185,6 +186,7 @@ int luaopen_leadership_core(lua_State *L)
         {"set_value_decoder", core_set_value_decoder},
         {"live", core_live},
         {"on_signal", core_on_signal},
+        {"watch_file", ls_watch_file},
         {NULL, NULL},
     };
     if (!scratch_thread) {
