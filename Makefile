@@ -20,8 +20,7 @@ LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
 .PHONY: all test unit demo clean install format
-all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC)) \
-     $(BUILD)/consul-double
+all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
 	@mkdir -p $(dir $@)
@@ -57,7 +56,7 @@ install: all
 	install -m 644 $(LUA_SRC) $(LUADIR)/leadership/
 	install -m 755 $(BUILD)/leadership $(BINDIR)/
 
-test: all
+test: all $(BUILD)/consul-double
 	LEADERSHIP_BUILD=$(BUILD) $(BUSTED) --helper=spec/support/helper.lua spec
 
 demo: all

@@ -1,0 +1,37 @@
+rockspec_format = "3.0"
+package = "leadership"
+version = "scm-1"
+source = {
+  url = "git+file://./leadership",
+}
+description = {
+  summary = "Leader election for clustered services: a C runtime on libevent with a Lua face",
+  detailed = [[
+    Candidates and followers on etcd, ZooKeeper, Consul, Redis, a local
+    file store or memory, with a local deadline, fencing terms, fair
+    queues and backoff; what a process does when elected is a Lua policy.
+  ]],
+  license = "Apache-2.0",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson",
+}
+external_dependencies = {
+  LIBEVENT = { header = "event2/event.h" },
+  JANSSON = { header = "jansson.h" },
+  CURL = { header = "curl/curl.h" },
+  HIREDIS = { header = "hiredis/hiredis.h" },
+  ZOOKEEPER = { header = "zookeeper/zookeeper.h" },
+}
+build = {
+  type = "make",
+  build_variables = {
+    LUA = "$(LUA)",
+  },
+  install_variables = {
+    LIBDIR = "$(LIBDIR)",
+    LUADIR = "$(LUADIR)",
+    BINDIR = "$(BINDIR)",
+  },
+}
