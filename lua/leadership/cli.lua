@@ -87,12 +87,13 @@ function M.run(args)
   L.on_signal("TERM", stop)
   L.on_signal("INT", stop)
   L.on_signal("HUP", function() policy:reload() end)
-  if L.watch_file then L.watch_file(words[1], function() policy:reload() end) end
+  local watching, watch_err = L.watch_file(words[1], function() policy:reload{ if_changed = true } end)
+  if not watching then L.log("warn", watch_err .. ": reload with SIGHUP") end
   L.run()
   L.on_signal("TERM", nil)
   L.on_signal("INT", nil)
   L.on_signal("HUP", nil)
-  if L.watch_file then L.watch_file(words[1], nil) end
+  L.watch_file(words[1], nil)
   return 0
 end
 

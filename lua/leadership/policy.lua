@@ -29,76 +29,147 @@ local function is_callable(v)
   return type(mt) == "table" and mt.__call ~= nil
 end
 
--- Checks and normalises the fields; returns spec or nil, message.
-local function validate(spec, path)
-  local function bad(fmt, ...) return nil, ("policy '%s': " .. fmt):format(path, ...) end
+-- "policy <path>:<line>: " where the line is known, else "policy <path>: ".
+local function where(path, line)
+  return line and ("policy %s:%d: "):format(path, line) or ("policy %s: "):format(path)
+end
+
+-- The line that assigns `field` in the source, found by its text: the
+-- returned table carries no positions. nil when it cannot be told (the
+-- field built by code, or given on the command line).
+local function field_line(source, field)
+  if not source then return nil end
+  local line = 0
+  for text in (source .. "\n"):gmatch("([^\n]*)\n") do
+    line = line + 1
+    local code = text:gsub("%-%-.*$", "")
+    if code:find("%f[%w_.]" .. field .. "%s*=[^=]") or code:find("%f[%w_.]" .. field .. "%s*=$") then
+      return line
+    end
+  end
+end
+
+-- Checks and normalises the fields; returns spec or nil, message. `source`
+-- (the file's text) lets a message name the line of the bad field;
+-- fields in `given` came from elsewhere (flags) and have no line.
+local function validate(spec, path, source, given)
+  local function bad(field, fmt, ...)
+    local line = not (given and given[field]) and field_line(source, field) or nil
+    return nil, where(path, line) .. fmt:format(...)
+  end
   for name in pairs(spec) do
-    if not util.member(FIELDS, name) then return bad("%s", util.unknown("field", name, FIELDS)) end
+    if not util.member(FIELDS, name) then
+      return bad(tostring(name), "%s", util.unknown("field", name, FIELDS))
+    end
   end
   local store = spec.store
   if type(store) == "table" then
     local options = {}
     for k, v in pairs(store) do if k ~= "url" then options[k] = v end end
-    if type(store.url) ~= "string" then return bad("store.url must be a URL string") end
+    if type(store.url) ~= "string" then return bad("store", "store.url must be a URL string") end
     spec.store, spec.store_options = store.url, options
   elseif type(store) ~= "string" then
-    return bad("store must be a URL string (e.g. \"file:///var/lib/leadership\") or { url = ... }, got %s", type(store))
+    return bad("store", "store must be a URL string (e.g. \"file:///var/lib/leadership\") or { url = ... }, got %s", type(store))
   end
-  if type(spec.key) ~= "string" or spec.key == "" then return bad("key must be a non-empty string") end
+  if type(spec.key) ~= "string" or spec.key == "" then return bad("key", "key must be a non-empty string") end
   spec.node = spec.node or hostname()
-  if type(spec.node) ~= "string" or spec.node == "" then return bad("node must be a non-empty string") end
-  if spec.node:find("[\n\r%z]") then return bad("node must not contain a newline or NUL") end
+  if type(spec.node) ~= "string" or spec.node == "" then return bad("node", "node must be a non-empty string") end
+  if spec.node:find("[\n\r%z]") then return bad("node", "node must not contain a newline or NUL") end
   local ttl = spec.ttl or 15
   if type(ttl) == "string" then ttl = tonumber(ttl) or ttl end
-  if type(ttl) ~= "number" or ttl ~= ttl then return bad("ttl must be a number of seconds, got '%s'", tostring(spec.ttl)) end
-  if ttl <= 0 or ttl == math.huge then return bad("ttl must be > 0 seconds, got %s", tostring(ttl)) end
+  if type(ttl) ~= "number" or ttl ~= ttl then return bad("ttl", "ttl must be a number of seconds, got '%s'", tostring(spec.ttl)) end
+  if ttl <= 0 or ttl == math.huge then return bad("ttl", "ttl must be > 0 seconds, got %s", tostring(ttl)) end
   spec.ttl = ttl
   if spec.renew_deadline ~= nil and type(spec.renew_deadline) ~= "number" then
-    return bad("renew_deadline must be a number of seconds")
+    return bad("renew_deadline", "renew_deadline must be a number of seconds")
   end
   spec.mode = spec.mode or "candidate"
   if spec.mode ~= "candidate" and spec.mode ~= "follower" then
-    return bad("mode must be \"candidate\" or \"follower\", got '%s'", tostring(spec.mode))
+    return bad("mode", "mode must be \"candidate\" or \"follower\", got '%s'", tostring(spec.mode))
   end
   spec.value = spec.value or spec.node
   if type(spec.value) ~= "string" and type(spec.value) ~= "table" then
-    return bad("value must be a string or a table")
+    return bad("value", "value must be a string or a table")
   end
   if type(spec.retry) == "table" and not is_callable(spec.retry) then
     local ok, b = pcall(backoff.new, spec.retry)
-    if not ok then return bad("bad retry: %s", tostring(b):gsub("^.-:%d+: ", "")) end
+    if not ok then return bad("retry", "bad retry: %s", tostring(b):gsub("^.-:%d+: ", "")) end
     spec.retry = b
   elseif spec.retry ~= nil and not is_callable(spec.retry) then
-    return bad("retry must be a table { initial, max, factor, jitter } or a function")
+    return bad("retry", "retry must be a table { initial, max, factor, jitter } or a function")
   end
   spec.retry = spec.retry or backoff.new()
   for _, name in ipairs(HANDLERS) do
     if spec[name] ~= nil and not is_callable(spec[name]) then
-      return bad("%s must be a function, got %s", name, type(spec[name]))
+      return bad(name, "%s must be a function, got %s", name, type(spec[name]))
     end
   end
   return spec
 end
 
--- Loads the file in a fresh environment. Returns the validated spec, or
--- nil and a message with the file (and line, for syntax errors).
-function M.read(path, overrides)
+-- The line of the last `return` at the start of a line: where a chunk
+-- that returns the wrong thing most likely does it; else the last line.
+local function return_line(source)
+  local line, last = 0, nil
+  for text in (source .. "\n"):gmatch("([^\n]*)\n") do
+    line = line + 1
+    if text:find("^%s*return%f[^%w_]") then last = line end
+  end
+  return last or line
+end
+
+local function read_source(path)
   local file, err = io.open(path, "r")
   if not file then return nil, ("cannot read policy '%s': %s"):format(path, err:gsub("^[^:]*: ", "")) end
   local source = file:read("a")
   file:close()
+  return source
+end
+
+-- Runs the policy's text in a fresh environment. Returns the validated
+-- spec, or nil, a one-line message "policy <file>:<line>: ..." (the line
+-- where it can be told) and, for a runtime error, the traceback.
+local function evaluate(path, source, overrides)
   local env = setmetatable({}, { __index = _G })
   local chunk, syntax = load(source, "@" .. path, "t", env)
-  if not chunk then return nil, "policy " .. syntax end
-  local ok, result = xpcall(chunk, debug.traceback)
-  if not ok then return nil, ("policy '%s' raised: %s"):format(path, tostring(result)) end
-  if type(result) ~= "table" then
-    return nil, ("policy '%s' must return a table, got %s"):format(path, type(result))
+  if not chunk then
+    -- Lua shortens a long chunk name ("...cy/dir/x.lua"); give the path whole
+    local line, message = syntax:match(":(%d+): (.*)$")
+    return nil, line and ("policy %s:%s: %s"):format(path, line, message) or "policy " .. syntax
   end
-  local spec = {}
+  local traceback
+  local ok, result = xpcall(chunk, function(e)
+    traceback = debug.traceback(nil, 2)
+    local message = tostring(e)
+    if type(e) ~= "string" then message = "(error object is a " .. type(e) .. " value: " .. message .. ")" end
+    -- placed at the file's innermost line on the stack, with the whole
+    -- path (Lua shortens long ones), also when a library it called raised
+    for level = 2, 200 do
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.source == "@" .. path and info.currentline > 0 then
+        local own = ("%s:%d: "):format(info.short_src, info.currentline)
+        if message:sub(1, #own) == own then message = message:sub(#own + 1) end
+        return ("%s:%d: %s"):format(path, info.currentline, message)
+      end
+    end
+    return message
+  end)
+  if not ok then return nil, "policy " .. result, traceback end
+  if type(result) ~= "table" then
+    return nil, ("%smust return a table, got %s"):format(where(path, return_line(source)), type(result))
+  end
+  local spec, given = {}, {}
   for k, v in pairs(result) do spec[k] = v end
-  for k, v in pairs(overrides or {}) do spec[k] = v end
-  return validate(spec, path)
+  for k, v in pairs(overrides or {}) do spec[k], given[k] = v, true end
+  return validate(spec, path, source, given)
+end
+
+-- Loads the file: the validated spec, or nil, message [, traceback].
+function M.read(path, overrides)
+  local source, err = read_source(path)
+  if not source then return nil, err end
+  return evaluate(path, source, overrides)
 end
 
 local Policy = {}
@@ -106,9 +177,11 @@ Policy.__index = Policy
 
 -- leadership.policy(path [, overrides]): a validated policy, not running.
 function M.load(path, overrides)
-  local spec, err = M.read(path, overrides)
+  local source, err = read_source(path)
+  local spec
+  if source then spec, err = evaluate(path, source, overrides) end
   if not spec then error(err, 2) end
-  return setmetatable({ path = path, overrides = overrides or {}, spec = spec }, Policy)
+  return setmetatable({ path = path, overrides = overrides or {}, spec = spec, source = source }, Policy)
 end
 
 function Policy:log(level, ...)
@@ -170,13 +243,31 @@ local function same(a, b)
   return true
 end
 
+-- Reports a failed reload to the running policy's on_error. Called right
+-- here, not as a task of the election: the election's handler tasks are
+-- the very ones a reload may cancel. Its own failure is only logged.
+function Policy:report(message)
+  if not (self.election and self.spec.on_error) then return end
+  local ok, err = xpcall(self.call, debug.traceback, self, "on_error", self:ctx(), message)
+  if not ok then self:log("error", "on_error raised while reporting a failed reload:", err) end
+end
+
 -- Runs the file again; on success swaps the handlers without touching the
--- election. Returns true, or nil and the message (old handlers stay).
-function Policy:reload()
-  local spec, err = M.read(self.path, self.overrides)
+-- election. Returns true and the list of fields that need a restart, or
+-- nil and the message (the old handlers and their coroutines stay).
+-- With opts.if_changed (the file watch), a file whose text is the running
+-- one is left alone: saving without a change, or touch, restarts nothing.
+function Policy:reload(opts)
+  local source, err = read_source(self.path)
+  if source and opts and opts.if_changed and source == self.source then
+    self:log("debug", ("policy %s unchanged: not reloaded"):format(self.path))
+    return true, {}
+  end
+  local spec, traceback
+  if source then spec, err, traceback = evaluate(self.path, source, self.overrides) end
   if not spec then
-    self:log("error", "reload failed, keeping the running policy:", err)
-    if self.election then self:call("on_error", self:ctx(), err) end
+    self:log("error", "reload failed, keeping the running policy:", traceback and (err .. "\n" .. traceback) or err)
+    self:report(err)
     return nil, err
   end
   local restart = {}
@@ -190,13 +281,15 @@ function Policy:reload()
     end
   end
   if #restart > 0 then
-    self:log("warn", ("policy '%s': %s changed: needs restart (not applied)"):format(
+    self:log("warn", ("policy %s: %s changed: needs restart (not applied; the rest is reloaded)"):format(
       self.path, table.concat(restart, ", ")))
   end
   local election = self.election
+  -- the old coroutines end (to-be-closed variables closed) before any new
+  -- code runs, so old and new work never interleave
   if election then election:cancel_handlers() end
-  self.spec = spec
-  self:log("info", ("policy '%s' reloaded"):format(self.path))
+  self.spec, self.source = spec, source
+  self:log("info", ("policy %s reloaded"):format(self.path))
   if election and election.is_leader and election:is_leader() then
     local ctx = self:ctx(election:term(), true)
     local name = spec.on_reload and "on_reload" or "on_elected"
