@@ -3,7 +3,9 @@
 local leadership = require "leadership"
 
 local function say(ctx, ...)
-  io.stdout:write(("%.3f %s "):format(leadership.time(), ctx.node), table.concat({ ... }, " "), "\n")
+  local t = leadership.time()
+  local stamp = os.date("%H:%M:%S", math.floor(t)) .. (".%03d"):format(math.floor(t % 1 * 1000))
+  io.stdout:write(stamp, " ", ctx.node, " ", table.concat({ ... }, " "), "\n")
   io.stdout:flush()
 end
 

@@ -15,7 +15,7 @@ for node in node-1 node-2 node-3; do
     sleep 0.2
 done
 
-now() { date +%s.%N; }
+now() { date +%H:%M:%S.%N; }
 
 # The node whose last line says it was elected (and has not lost since).
 leader() {
@@ -37,10 +37,12 @@ wait_new_leader() { # old leader name; prints the new one
     exit 1
 }
 
-handover() { # what, old leader, new leader, signal time
+handover() { # what, old leader, new leader, signal time (HH:MM:SS.nnn)
     elected=$(grep elected "$DIR/$3.out" | tail -n 1 | cut -d' ' -f1)
-    awk -v a="$4" -v b="$elected" -v what="$1" -v old="$2" -v new="$3" \
-        'BEGIN { printf "%s: %s -> %s, new leader elected %.0f ms after the signal\n", what, old, new, (b - a) * 1000 }'
+    awk -v a="$4" -v b="$elected" -v what="$1" -v old="$2" -v new="$3" '
+        function seconds(hms, p) { split(hms, p, ":"); return p[1] * 3600 + p[2] * 60 + p[3] }
+        BEGIN { printf "%s: %s -> %s, new leader elected %.0f ms after the signal\n",
+                       what, old, new, (seconds(b) - seconds(a)) * 1000 }'
 }
 
 first=$(wait_new_leader none)
@@ -53,6 +55,7 @@ handover "SIGTERM handover" "$first" "$second" "$t"
 
 t=$(now)
 kill -9 "$(cat "$DIR/$second.pid")"
+wait "$(cat "$DIR/$second.pid")" 2>/dev/null || true # reap it: a zombie still answers kill -0
 third=$(wait_new_leader "$second")
 handover "kill -9 handover" "$second" "$third" "$t"
 
