@@ -347,6 +347,7 @@ void ls_election_acquired(ls_election *e, uint64_t term, double valid_from)
     e->deadline = deadline;
     e->attempt = 0;
     e->counters.elected++;
+    e->counters.last_ok = ls_now();
     arm_timer(e, deadline - ls_now());
     char term_text[24];
     snprintf(term_text, sizeof term_text, "%llu", (unsigned long long)term);
@@ -361,10 +362,13 @@ void ls_election_renewed(ls_election *e, double valid_from)
     if (e->state != LS_LEADER || deadline_passed(e))
         return;
     record_renewal(e, valid_from);
+    e->counters.last_ok = ls_now();
     double deadline = valid_from + e->renew_deadline;
     if (deadline > e->deadline) {
         e->deadline = deadline;
         arm_timer(e, deadline - ls_now());
+        if (e->hooks->renewed)
+            e->hooks->renewed(e->owner, deadline);
     }
 }
 
@@ -388,6 +392,7 @@ void ls_election_leader(ls_election *e, const char *value, size_t len, uint64_t 
         return;
     if (deadline_passed(e))
         return;
+    e->counters.last_ok = ls_now();
     if (e->state == LS_LEADER && value && term != e->term) {
         /* the store names another leader: ours is gone */
         ls_election_lost(e, "deleted");
@@ -402,6 +407,7 @@ void ls_election_error(ls_election *e, const char *message)
     if (e->state == LS_STOPPED || e->state == LS_IDLE)
         return;
     e->counters.errors++;
+    e->counters.last_error = ls_now();
     ls_log_event(LS_WARN, "store error", "key", e->view.key, "error", message, NULL);
     e->hooks->error(e->owner, message);
 }
@@ -411,6 +417,7 @@ void ls_election_failed(ls_election *e, const char *message)
     if (e->state != LS_CAMPAIGNING && e->state != LS_FOLLOWING && e->state != LS_LEADER)
         return;
     e->counters.errors++;
+    e->counters.last_error = ls_now();
     ls_log_event(LS_WARN, "store error", "key", e->view.key, "error", message, NULL);
     if (e->state == LS_LEADER) {
         evtimer_del(e->timer);

@@ -26,6 +26,9 @@ typedef struct ls_election_hooks {
     double (*retry_delay)(void *owner, int attempt, const char *message);
     /* Stopped for good (stop, or gave up): no more hooks after this. */
     void (*stopped)(void *owner);
+    /* Optional (may be NULL): a renewal moved the local deadline to
+     * `deadline` (monotonic), e.g. to tell a watchdog process. */
+    void (*renewed)(void *owner, double deadline);
 } ls_election_hooks;
 
 typedef struct ls_election_counters {
@@ -33,6 +36,10 @@ typedef struct ls_election_counters {
     double last_renewal_latency; /* seconds from send to acknowledgement */
     uint64_t latency_buckets[12]; /* renewal latency histogram, see engine.c */
     double latency_sum;
+    /* Monotonic times of the last store answer that worked (acquired,
+     * renewed, leader report) and of the last store error; 0 if none.
+     * last_error > last_ok: the store is failing now (for /healthz). */
+    double last_ok, last_error;
 } ls_election_counters;
 
 /* Latency histogram bucket upper bounds (seconds); the last is +Inf. */

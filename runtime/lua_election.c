@@ -24,8 +24,8 @@ typedef struct lua_election {
     ls_task_group handler_tasks; /* every other handler */
 } lua_election;
 
-static const char *const handler_names[] = {"on_elected", "on_lost", "on_leader_change",
-                                            "on_error", "retry", NULL};
+static const char *const handler_names[] = {"on_elected", "on_lost",   "on_leader_change",
+                                            "on_error",   "on_renewed", "retry", NULL};
 
 static lua_election *check_election(lua_State *L, int index)
 {
@@ -169,9 +169,29 @@ static void hook_stopped(void *owner)
     le->self_ref = LUA_NOREF;
 }
 
+/* on_renewed(c, deadline): leader work of the current term, so a stale
+ * one never runs after a loss. Nothing is spawned without a handler. */
+static void hook_renewed(void *owner, double deadline)
+{
+    lua_election *le = owner;
+    lua_State *S = ls_lua_scratch();
+    if (!push_handler(S, le, "on_renewed"))
+        return;
+    lua_pushnumber(S, deadline);
+    ls_task_spawn(S, 2, &le->leader_tasks, &leader_owner, le, ls_election_term(le->e),
+                  "on_renewed");
+}
+
 static const ls_election_hooks lua_hooks = {
-    hook_elected, hook_lost, hook_leader_change, hook_error, hook_retry_delay, hook_stopped,
+    hook_elected, hook_lost,    hook_leader_change, hook_error,
+    hook_retry_delay, hook_stopped, hook_renewed,
 };
+
+ls_election *ls_lua_check_election(lua_State *L, int index)
+{
+    lua_election *le = check_election(L, index);
+    return le->e;
+}
 
 /* ---- methods ---- */
 
