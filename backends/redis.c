@@ -163,6 +163,7 @@ struct rconn {
 struct rkey {
     char *key, *counter, *channel;
     uint64_t max_term;
+    double released_at; /* when one of ours last released it as leader */
     bool subscribed; /* SUBSCRIBE sent on the current subscriber connection */
     rkey *next;
 };
@@ -198,6 +199,7 @@ struct relection {
     uint64_t term;  /* ours, while leader */
     double ttl;
     long long ttl_ms;
+    double not_before; /* no acquire before this: a resign lets others go first */
     struct event *timer; /* next renew, or next look */
     unsigned refs;       /* 1 while attached, plus one per request in flight */
 };
@@ -761,6 +763,11 @@ static void step(relection *re)
         conn_want(c);
         return;
     }
+    double now = ls_now();
+    if (re->candidate && !re->leader && now < re->not_before) {
+        arm(re->timer, re->not_before - now);
+        return;
+    }
     evtimer_del(re->timer);
     if (re->leader)
         send_renew(re);
@@ -1113,6 +1120,10 @@ static void attach(ls_store *store, ls_election *e)
     re->ttl = v->ttl;
     re->ttl_ms = (long long)(v->ttl * 1000 + 0.5);
     make_token(re->token);
+    /* Right after we released the key (a resign), our own acquire would
+     * beat the other candidates, who only hear of it by pub/sub. */
+    if (re->candidate && re->k->released_at > 0)
+        re->not_before = re->k->released_at + min_d(re->ttl / 4, 0.2);
     re->timer = evtimer_new(ls_loop_base(), election_timer_cb, re);
     re->next = st->elections;
     if (re->next)
@@ -1151,6 +1162,8 @@ static void redis_cancel(ls_store *store, ls_election *e)
         if (req_send(&st->cmd, req)) {
             req->holds_loop = true;
             ls_loop_hold();
+            if (re->leader)
+                re->k->released_at = ls_now();
         } else {
             req_free(req);
         }

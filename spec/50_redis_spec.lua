@@ -1,0 +1,536 @@
+-- The Redis backend against a real redis-server (Debian's), started here
+-- on 127.0.0.1 with no persistence: in-process elections first, then
+-- `leadership run` processes checked through their work stamps.
+local L = require "leadership"
+local R = require "redis"
+
+local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
+
+local key_count = 0
+local function new_key()
+  key_count = key_count + 1
+  return ("spec/redis/%d/%d"):format(os.time(), key_count)
+end
+
+-- Records handler calls as strings: "a elected 1", "b sees a 1", ...
+local function recorder()
+  local log = {}
+  return log, function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    log[#log + 1] = table.concat(parts, " ")
+  end
+end
+
+-- The first line matching pattern, at or after index `from`.
+local function find(log, pattern, from)
+  for i = from or 1, #log do
+    if log[i]:match(pattern) then return i, log[i] end
+  end
+end
+
+local function candidate(store, key, name, record, ttl)
+  local c = L.candidate(store, key, name, { ttl = ttl or 1.5 })
+  c.on_elected = function(_, term) record(name, "elected", term) end
+  c.on_lost = function(_, reason) record(name, "lost", reason) end
+  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
+  c.on_error = function(_, err) record(name, "error", err) end
+  return c
+end
+
+-- Runs the loop until fn() is truthy or `timeout` seconds pass.
+local function loop_until(fn, timeout)
+  local deadline = L.now() + timeout
+  while not fn() and L.now() < deadline do L.sleep(0.01) end
+  return fn()
+end
+
+describe("redis store", function()
+  if not have then return end
+  local srv
+
+  setup(function() srv = R.start() end)
+  teardown(function() if srv then srv:stop() end end)
+
+  describe("in one process", function()
+    after_each(function()
+      L.run(3)
+      collectgarbage()
+      collectgarbage()
+      L.run(1)
+      assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+    end)
+
+    it("elects one candidate, tells the other and a follower, terms from INCR", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record)
+      local b = candidate(s, key, "b", record)
+      local f = L.follower(s, key)
+      f.on_leader_change = function(_, leader, term) record("f", "sees", leader, term) end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run(); f:run()
+      assert.truthy(loop_until(function() return find(log, "^f sees a 1$") and find(log, "^b sees a 1$") end, 2))
+      assert.is_false(b:is_leader())
+      assert.equal(1, a:term())
+      assert.equal("a", (f:leader()))
+      -- the stored form is documented in backends/redis.c
+      assert.equal("1", srv:cli("GET", key .. ":term"))
+      assert.matches("^1\n%x+\na$", srv:cli("GET", key))
+      a:stop(); b:stop(); f:stop(); s:close()
+    end)
+
+    it("renews: a leader keeps the key for several ttls", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 0.6)
+      a:run()
+      L.sleep(2.5) -- four ttls
+      assert.is_true(a:is_leader())
+      assert.same({ "a elected 1", "a sees a 1" }, log)
+      local stats = a:stats()
+      assert.truthy(stats.renewals >= 8, "renewals: " .. tostring(stats.renewals))
+      a:stop(); s:close()
+    end)
+
+    it("resign hands over to the waiting candidate, with a higher term", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record)
+      local b = candidate(s, key, "b", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run()
+      L.sleep(0.1)
+      a:resign()
+      assert.truthy(loop_until(function() return b:is_leader() end, 1))
+      assert.equal(2, b:term())
+      assert.truthy(find(log, "^a lost resign$"))
+      assert.truthy(loop_until(function() return find(log, "^a sees b 2$") end, 1))
+      a:stop(); b:stop(); s:close()
+    end)
+
+    it("stop deletes the key at once; a follower then sees vacancy", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 5)
+      local f = L.follower(s, key)
+      f.on_leader_change = function(_, leader, term) record("f", "sees", leader, term) end
+      a:run(); f:run()
+      assert.truthy(loop_until(function() return find(log, "^f sees a 1$") end, 2))
+      local seen = #log
+      local t0 = L.now()
+      a:stop()
+      -- ttl is 5 s: only the release (DEL + PUBLISH) can make this quick
+      assert.truthy(loop_until(function() return find(log, "^f sees nil", seen + 1) end, 1))
+      assert.truthy(L.now() - t0 < 0.5, "vacancy seen after " .. (L.now() - t0))
+      assert.equal("", srv:cli("GET", key))
+      f:stop(); s:close()
+    end)
+
+    it("a waiting candidate takes over when the leader's lease expires", function()
+      -- a lease whose holder vanished: written as a dead process would have
+      local key = new_key()
+      srv:cli("SET", key .. ":term", "41")
+      srv:cli("SET", key, "41\ndeadbeefdeadbeef\nghost", "PX", "800")
+      local s = assert(L.store(srv.url))
+      local log, record = recorder()
+      local b = candidate(s, key, "b", record)
+      local t0 = L.now()
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b sees ghost 41$") end, 1))
+      assert.truthy(loop_until(function() return b:is_leader() end, 2))
+      local waited = L.now() - t0
+      assert.truthy(waited > 0.6 and waited < 1.1, "took over after " .. waited .. " s")
+      assert.equal(42, b:term())
+      b:stop(); s:close()
+    end)
+
+    it("after SCRIPT FLUSH falls back to EVAL (NOSCRIPT) and keeps the lease", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 0.6)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      local before = a:stats().renewals
+      assert.equal("OK", srv:cli("SCRIPT", "FLUSH"))
+      L.sleep(1)
+      assert.is_true(a:is_leader())
+      assert.truthy(a:stats().renewals >= before + 3)
+      assert.is_nil(find(log, "error"), table.concat(log, "\n"))
+      assert.is_nil(find(log, "^a lost"))
+      a:stop(); s:close()
+    end)
+
+    it("a leader whose key was taken behind its back loses it ('deleted')", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 1.5)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      srv:cli("SET", key, "7\nfeedfacefeedface\nusurper", "PX", "3000")
+      assert.truthy(loop_until(function() return find(log, "^a lost deleted$") end, 1))
+      assert.truthy(loop_until(function() return find(log, "^a sees usurper 7$") end, 1))
+      assert.is_false(a:is_leader())
+      a:stop(); s:close()
+    end)
+
+    it("a leader whose key expired finds out on renewal ('session')", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 1.5)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      srv:cli("DEL", key) -- the counter stays: not data loss, just gone
+      assert.truthy(loop_until(function() return find(log, "^a lost session$") end, 1))
+      -- it campaigns on and wins again, with the next term
+      assert.truthy(loop_until(function() return a:is_leader() end, 1))
+      assert.equal(2, a:term())
+      a:stop(); s:close()
+    end)
+
+    it("reports keys of the wrong type and foreign values, and keeps going", function()
+      local s = assert(L.store(srv.url))
+      local k1, k2 = new_key(), new_key()
+      srv:cli("RPUSH", k1, "x")
+      srv:cli("SET", k2, "not a lease")
+      local log, record = recorder()
+      local a = candidate(s, k1, "a", record)
+      local b = candidate(s, k2, "b", record)
+      a.retry = function() return 0.2 end
+      b.retry = function() return 0.2 end
+      a:run(); b:run()
+      assert.truthy(loop_until(function() return find(log, "^a error") and find(log, "^b error") end, 2))
+      local _, ea = find(log, "^a error")
+      local _, eb = find(log, "^b error")
+      assert.matches("WRONGTYPE", ea)
+      assert.matches("not written by leadership", eb)
+      assert.is_false(a:is_leader())
+      -- fixed by an operator: the next retry wins
+      srv:cli("DEL", k1)
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      a:stop(); b:stop(); s:close()
+    end)
+
+    it("Redis restarted without its data: the leader keeps its lease and term", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 3)
+      local b = candidate(s, key, "b", record, 3)
+      b.retry = function() return 0.1 end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      srv:restart()
+      L.sleep(1.5)
+      assert.is_true(a:is_leader())
+      assert.equal(1, a:term())
+      assert.is_false(b:is_leader())
+      assert.is_nil(find(log, "elected 2"))
+      assert.is_nil(find(log, "^%a lost"))
+      assert.truthy(find(log, "^a error .*connection"))
+      -- the lease and the counter are back
+      assert.equal("1", srv:cli("GET", key .. ":term"))
+      assert.matches("^1\n%x+\na$", srv:cli("GET", key))
+      a:stop(); b:stop(); s:close()
+    end)
+
+    it("Redis restarted and the leader gone: waits a ttl, then a higher term", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 1)
+      local b = candidate(s, key, "b", record, 1)
+      b.retry = function() return 0.05 end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      -- a dies without a word (no release), then Redis loses everything
+      a.on_lost = nil
+      srv:kill()
+      a:stop()
+      srv:launch()
+      local t0 = L.now()
+      assert.truthy(loop_until(function() return b:is_leader() end, 4))
+      local waited = L.now() - t0
+      -- a tombstone kept the dead leader's lease for a ttl
+      assert.truthy(waited > 0.8, "took over after " .. waited .. " s")
+      assert.equal(2, b:term())
+      b:stop(); s:close()
+    end)
+
+    it("refuses rediss://, TLS options, several hosts and unknown options clearly", function()
+      -- a store that cannot open is nil, message (bad options raise)
+      local function open_error(url, options)
+        local ok, store, err = pcall(L.store, url, options)
+        assert.is_nil(ok and store or nil)
+        return ok and err or store
+      end
+      assert.matches("no TLS support", open_error("rediss://127.0.0.1:" .. srv.port))
+      assert.matches("TLS is not available",
+                     open_error(srv.url, { tls = { ca = "/etc/ssl/ca.pem" } }))
+      assert.matches("exactly one Redis server", open_error("redis://127.0.0.1:1,127.0.0.1:2"))
+      assert.matches("did you mean 'poll_interval'", open_error(srv.url .. "?pol_interval=1"))
+      assert.matches("no password", open_error("redis://someone@127.0.0.1:" .. srv.port))
+      assert.matches("database must be a number", open_error(srv.url .. "/zero"))
+    end)
+
+    describe("with requirepass", function()
+      local locked
+      local password = "s3cret-" .. math.random(1e6)
+      setup(function() locked = R.start({ password = password }) end)
+      teardown(function() if locked then locked:stop() end end)
+
+      local function first_error(url, options)
+        local s = assert(L.store(url, options))
+        local log, record = recorder()
+        local a = candidate(s, new_key(), "a", record)
+        local gave_up = 0
+        a.retry = function() gave_up = gave_up + 1 end -- nil: give up
+        a:run()
+        loop_until(function() return find(log, "error") end, 2)
+        a:stop(); s:close()
+        local _, line = find(log, "error")
+        return line, log
+      end
+
+      it("wrong password: a clear error naming AUTH, the password never shown", function()
+        local line = first_error("redis://:wrong-" .. password .. "@127.0.0.1:" .. locked.port)
+        assert.matches("AUTH failed", line)
+        assert.matches("WRONGPASS", line)
+        assert.is_nil(line:find(password, 1, true))
+      end)
+
+      it("no password: says the server requires AUTH", function()
+        local line = first_error("redis://127.0.0.1:" .. locked.port)
+        assert.matches("requires AUTH", line)
+      end)
+
+      it("right password from the URL or from auth options: elected", function()
+        for _, way in ipairs({
+          { "redis://:" .. password .. "@127.0.0.1:" .. locked.port },
+          { "redis://127.0.0.1:" .. locked.port, { auth = { password = password } } },
+          { "redis://default:" .. password .. "@127.0.0.1:" .. locked.port },
+        }) do
+          local s = assert(L.store(way[1], way[2]))
+          local log, record = recorder()
+          local a = candidate(s, new_key(), "a", record)
+          a:run()
+          assert.truthy(loop_until(function() return a:is_leader() end, 2), table.concat(log, "\n"))
+          a:stop(); s:close()
+        end
+      end)
+    end)
+  end)
+
+  describe("`leadership run` processes", function()
+    local procs, stamp_dir
+
+    before_each(function()
+      procs = {}
+      stamp_dir = H.tmpdir("redis-stamps")
+    end)
+
+    after_each(function()
+      for _, p in ipairs(procs) do
+        H.signal(p, "CONT")
+        H.stop(p, 3)
+      end
+      os.execute("rm -rf " .. H.quote(stamp_dir))
+    end)
+
+    local function start_node(name, key, ttl)
+      local p = H.spawn({ H.bin, "run", "spec/support/stamp_policy.lua", "--store", srv.url,
+                          "--key", key, "--node", name, "--ttl", tostring(ttl) },
+                        { env = { STAMP_FILE = stamp_dir .. "/stamps" } })
+      p.name = name
+      procs[#procs + 1] = p
+      return p
+    end
+
+    -- "elected <term> <wall time>" lines of a node: { {term=, time=}, ... }
+    local function elections(p)
+      local out = {}
+      for term, t in (H.read(p.stdout) or ""):gmatch("elected (%d+) ([%d.]+)") do
+        out[#out + 1] = { term = tonumber(term), time = tonumber(t), node = p.name }
+      end
+      return out
+    end
+
+    local function leaders()
+      local out = {}
+      for _, p in ipairs(procs) do
+        local e = elections(p)
+        if #e > 0 then out[#out + 1] = { proc = p, last = e[#e] } end
+      end
+      return out
+    end
+
+    -- The node currently leading: the latest "elected" among living nodes
+    -- with no "lost" after it.
+    local function current_leader()
+      local best
+      for _, p in ipairs(procs) do
+        local out = H.read(p.stdout) or ""
+        local last_elected = out:match(".*elected (%d+) [%d.]+")
+        local tail = last_elected and out:match(".*elected %d+ [%d.]+(.*)$") or ""
+        if last_elected and not tail:match("\nlost ") and H.alive(p) then
+          if best then return nil, "two leaders: " .. best.name .. " and " .. p.name end
+          best = p
+        end
+      end
+      return best
+    end
+
+    -- Every stamp, by time: each term belongs to one node, and terms never
+    -- go down, so no two leaders ever worked at once.
+    local function check_stamps()
+      local stamps = {}
+      for t, node, term in (H.read(stamp_dir .. "/stamps") or ""):gmatch("([%d.]+) (%S+) (%d+)\n") do
+        stamps[#stamps + 1] = { time = tonumber(t), node = node, term = tonumber(term) }
+      end
+      table.sort(stamps, function(x, y) return x.time < y.time end)
+      local owner, top = {}, 0
+      for _, s in ipairs(stamps) do
+        assert(owner[s.term] == nil or owner[s.term] == s.node,
+               ("term %d stamped by %s and %s"):format(s.term, tostring(owner[s.term]), s.node))
+        owner[s.term] = s.node
+        assert(s.term >= top, ("%s worked with term %d at %.3f after term %d had started"):format(
+          s.node, s.term, s.time, top))
+        top = s.term
+      end
+      return stamps
+    end
+
+    it("three processes: exactly one leader, the others wait", function()
+      local key = new_key()
+      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 2) end
+      assert.truthy(H.wait_until(function() return #leaders() >= 1 end, 5))
+      os.execute("sleep 1.5")
+      local ls = leaders()
+      assert.equal(1, #ls)
+      assert.equal(1, ls[1].last.term)
+      assert.truthy(current_leader())
+      local stamps = check_stamps()
+      assert.truthy(#stamps > 50)
+      for _, p in ipairs(procs) do assert.is_true(H.alive(p)) end
+    end)
+
+    it("SIGTERM hands over at once; terms strictly rise over three handovers", function()
+      local key = new_key()
+      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 3) end
+      local handovers = {}
+      for round = 1, 3 do
+        local leader = H.wait_until(function() return current_leader() end, 5)
+        assert.truthy(leader, "no leader in round " .. round)
+        os.execute("sleep 0.3")
+        local t0 = L.time()
+        H.signal(leader, "TERM")
+        local successor = H.wait_until(function()
+          local c = current_leader()
+          return c ~= leader and c
+        end, 5)
+        assert.truthy(successor, "no successor in round " .. round)
+        local e = elections(successor)
+        handovers[round] = e[#e].time - t0
+        -- the stopped node comes back as a candidate
+        H.wait_until(function() return not H.alive(leader) end, 3)
+        start_node(leader.name .. "." .. round, key, 3)
+      end
+      io.stderr:write(("\n[redis] SIGTERM handover (ttl 3 s): %s s\n"):format(
+        table.concat((function()
+          local t = {}
+          for i, h in ipairs(handovers) do t[i] = ("%.3f"):format(h) end
+          return t
+        end)(), ", ")))
+      for _, h in ipairs(handovers) do assert.truthy(h < 0.5, "handover took " .. h .. " s") end
+      -- every "elected" across all processes, by time: terms strictly rise
+      local all = {}
+      for _, p in ipairs(procs) do for _, e in ipairs(elections(p)) do all[#all + 1] = e end end
+      table.sort(all, function(x, y) return x.time < y.time end)
+      for i = 2, #all do assert.truthy(all[i].term > all[i - 1].term) end
+      check_stamps()
+    end)
+
+    it("kill -9 of the leader: handover within ttl + 1 s", function()
+      local key = new_key()
+      local ttl = 2
+      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, ttl) end
+      local leader = H.wait_until(function() return current_leader() end, 5)
+      assert.truthy(leader)
+      os.execute("sleep 0.5")
+      local t0 = L.time()
+      H.signal(leader, "KILL")
+      local successor = H.wait_until(function()
+        local c = current_leader()
+        return c ~= leader and H.alive(c or leader) and c
+      end, ttl + 3)
+      assert.truthy(successor)
+      local e = elections(successor)
+      local handover = e[#e].time - t0
+      io.stderr:write(("\n[redis] kill -9 handover (ttl %g s): %.3f s\n"):format(ttl, handover))
+      assert.truthy(handover <= ttl + 1, "handover took " .. handover .. " s")
+      assert.equal(2, e[#e].term)
+      check_stamps()
+    end)
+
+    it("SIGSTOP past the ttl: the old leader never works again after the new one starts", function()
+      local key = new_key()
+      local ttl = 1.5
+      for _, n in ipairs({ "n1", "n2" }) do start_node(n, key, ttl) end
+      local leader = H.wait_until(function() return current_leader() end, 5)
+      assert.truthy(leader)
+      os.execute("sleep 0.5")
+      H.signal(leader, "STOP")
+      local other = procs[1] == leader and procs[2] or procs[1]
+      assert.truthy(H.wait_until(function() return #elections(other) > 0 end, ttl + 2))
+      os.execute("sleep 0.5")
+      H.signal(leader, "CONT")
+      assert.truthy(H.wait_until(function()
+        return (H.read(leader.stdout) or ""):match("\nlost (%a+)")
+      end, 3))
+      os.execute("sleep 0.5")
+      local stamps = check_stamps()
+      local new_start = elections(other)[1].time
+      for _, s in ipairs(stamps) do
+        if s.node == leader.name then
+          assert.truthy(s.time < new_start, ("old leader stamped at %.3f, new leader began %.3f"):format(s.time, new_start))
+        end
+      end
+      assert.equal(other, current_leader())
+    end)
+
+    it("Redis restarted mid-election: the election resumes, never two leaders", function()
+      local key = new_key()
+      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 3) end
+      local leader = H.wait_until(function() return current_leader() end, 5)
+      assert.truthy(leader)
+      os.execute("sleep 0.5")
+      local t_restart = L.time()
+      srv:restart(0.3)
+      os.execute("sleep 3")
+      local stamps = check_stamps()
+      local after = 0
+      for _, s in ipairs(stamps) do if s.time > t_restart + 2 then after = after + 1 end end
+      assert.truthy(after > 20, "only " .. after .. " stamps after the restart")
+      local now_leader, err = current_leader()
+      if not now_leader and os.getenv("REDIS_SPEC_DEBUG") then
+        for _, p in ipairs(procs) do
+          io.stderr:write("== ", p.name, "\n", H.read(p.stdout) or "", H.read(p.stderr) or "")
+        end
+      end
+      assert.truthy(now_leader, err)
+    end)
+  end)
+end)
