@@ -6,10 +6,12 @@
 #include <string.h>
 
 #include "engine.h"
+#include "exec.h"
 #include "log.h"
 #include "loop.h"
 #include "lua_election.h"
 #include "lua_store.h"
+#include "metrics.h"
 #include "task.h"
 #include "watch.h"
 
@@ -187,6 +189,8 @@ int luaopen_leadership_core(lua_State *L)
         {"live", core_live},
         {"on_signal", core_on_signal},
         {"watch_file", ls_watch_file},
+        {"metrics", ls_lua_metrics_new},
+        {"command", ls_lua_command_new},
         {NULL, NULL},
     };
     if (!scratch_thread) {

@@ -38,4 +38,12 @@ function M.unknown(what, name, known)
   return ("unknown %s '%s'%s"):format(what, tostring(name), hint and (" (did you mean '" .. hint .. "'?)") or "")
 end
 
+-- This host's name (the default node name).
+function M.hostname()
+  local f = io.open("/proc/sys/kernel/hostname") or io.open("/etc/hostname")
+  local name = f and f:read("l")
+  if f then f:close() end
+  return name or "localhost"
+end
+
 return M
