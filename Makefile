@@ -4,6 +4,15 @@
 # BUILD=dir       build somewhere else (helpers building side by side)
 
 BUILD    ?= build
+# `make asan test`: AddressSanitizer + UBSan build in build-asan; the plain
+# lua5.4 that runs the specs gets the runtime preloaded.
+ifneq ($(filter asan,$(MAKECMDGOALS)),)
+BUILD        := build-asan
+EXTRA_CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+EXTRA_LDFLAGS += -fsanitize=address,undefined
+TEST_ENV     := LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)" \
+                ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+endif
 PKGS     := lua5.4 libevent jansson libcurl hiredis
 CC       ?= cc
 CFLAGS   ?= -O2 -g
@@ -19,7 +28,7 @@ BACKEND_SRC := $(wildcard backends/*.c)
 LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
-.PHONY: all test unit demo clean install format
+.PHONY: all test demo clean install format asan valgrind-test
 all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
@@ -57,7 +66,18 @@ install: all
 	install -m 755 $(BUILD)/leadership $(BINDIR)/
 
 test: all $(BUILD)/consul-double
-	LEADERSHIP_BUILD=$(BUILD) $(BUSTED) --helper=spec/support/helper.lua spec
+	LEADERSHIP_BUILD=$(BUILD) $(TEST_ENV) $(BUSTED) --helper=spec/support/helper.lua $(SPECS)
+
+SPECS ?= spec
+
+asan:
+	@true
+
+# The engine specs with every spawned `leadership` and the plain lua5.4
+# under valgrind; any error or definite leak fails.
+VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
+valgrind-test: all
+	LEADERSHIP_BUILD=$(BUILD) $(VALGRIND) $(BUSTED) --helper=spec/support/helper.lua spec/01_engine_spec.lua
 
 demo: all
 	LEADERSHIP_BUILD=$(BUILD) examples/demo.sh

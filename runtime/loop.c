@@ -35,6 +35,14 @@ double ls_wall(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+void ls_loop_free(void)
+{
+    if (loop_base) {
+        event_base_free(loop_base);
+        loop_base = NULL;
+    }
+}
+
 void ls_loop_hold(void) { loop_hold_count++; }
 
 void ls_loop_release(void)

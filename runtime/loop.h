@@ -9,6 +9,9 @@ struct event_base;
 /* The loop, created on first use. */
 struct event_base *ls_loop_base(void);
 
+/* Frees the loop once nothing uses it any more (the module unloading). */
+void ls_loop_free(void);
+
 /* Monotonic seconds; wall-clock seconds since the epoch. */
 double ls_now(void);
 double ls_wall(void);

@@ -19,6 +19,7 @@ static lua_State *scratch_thread;
 /* Registry keys: the addresses of these statics. */
 static const char scratch_key = 's';
 static const char decoder_key = 'd';
+static const char unload_key = 'u';
 
 lua_State *ls_lua_scratch(void) { return scratch_thread; }
 
@@ -175,6 +176,21 @@ static int core_on_signal(lua_State *L)
     return 0;
 }
 
+/* Finalizer of a sentinel made before any other object of the module:
+ * Lua finalizes in reverse order, so this runs last at lua_close. */
+static int core_unload(lua_State *L)
+{
+    for (size_t i = 0; i < sizeof signal_handlers / sizeof *signal_handlers; i++) {
+        if (signal_handlers[i].ev) {
+            event_free(signal_handlers[i].ev);
+            signal_handlers[i].ev = NULL;
+        }
+    }
+    ls_loop_free();
+    scratch_thread = NULL;
+    return 0;
+}
+
 int luaopen_leadership_core(lua_State *L)
 {
     static const luaL_Reg functions[] = {
@@ -194,6 +210,12 @@ int luaopen_leadership_core(lua_State *L)
         {NULL, NULL},
     };
     if (!scratch_thread) {
+        lua_newuserdatauv(L, 1, 0);
+        lua_newtable(L);
+        lua_pushcfunction(L, core_unload);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &unload_key);
         scratch_thread = lua_newthread(L);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
     }
