@@ -1,0 +1,61 @@
+-- Figure 5, idle: one candidate holding leadership and doing nothing, for
+-- ctx.settings.idle seconds: RSS, CPU seconds, wake-ups (context switches
+-- of all its threads) and writes (store requests sent). The four run at
+-- once: idle processes do not disturb each other.
+local P = require "proc"
+local L = require "leadership"
+
+return function(ctx)
+  local s = ctx.settings
+  local procs, results = {}, {}
+  for _, store in ipairs(ctx.servers) do
+    for _, side in ipairs(ctx.sides) do
+      local name = ("idle-%s-%s"):format(store.name, side.name)
+      procs[#procs + 1] = { store = store, side = side,
+        proc = P.spawn(side.candidate(store.url, ctx.key("idle"), name, s.idle_ttl), ctx.dir, name, side.env) }
+    end
+  end
+  for _, p in ipairs(procs) do
+    if not P.wait_line(p.proc, "elected", nil, 20) then ctx.note(p.proc.name .. ": never elected") end
+  end
+  P.sleep(2)
+  for _, p in ipairs(procs) do
+    p.cpu0, p.sw0, p.wr0 = P.cpu(p.proc), P.switches(p.proc), P.writes(p.proc)
+  end
+  local t0 = L.now()
+  P.sleep(s.idle)
+  local dt = L.now() - t0
+  for _, p in ipairs(procs) do
+    local st = P.status(p.proc)
+    if st and p.cpu0 then
+      results[p.store.name .. p.side.name] = {
+        rss = st.rss / 1024, cpu = P.cpu(p.proc) - p.cpu0,
+        wakeups = (P.switches(p.proc) - p.sw0) * s.idle / dt, writes = (P.writes(p.proc) - p.wr0) * s.idle / dt,
+        threads = st.threads,
+      }
+    else
+      ctx.note(p.proc.name .. ": died while idle (see " .. p.proc.stderr .. ")")
+    end
+    P.stop(p.proc, 5)
+  end
+  for _, store in ipairs(ctx.servers) do
+    local o, p = results[store.name .. "ours"] or {}, results[store.name .. "peer"] or {}
+    local figure = ("5 idle leader, %g s, ttl %g"):format(s.idle, s.idle_ttl)
+    local function add(metric, unit, field, target)
+      ctx.report.add { figure = figure, store = store.name, metric = metric, unit = unit,
+        ours = o[field], peer = p[field], target = target }
+    end
+    add("RSS", "MB", "rss", { ratio = 0.5 })
+    add("CPU", "CPU s", "cpu")
+    add("wake-ups (context switches)", "count", "wakeups")
+    add("writes to the store (syscw)", "count", "writes")
+    add("threads", "count", "threads")
+    if o.wakeups and o.writes then
+      -- a renewal is a timer wake-up, a send, and a wake-up for the reply
+      local extra = math.max(0, o.wakeups - 2 * o.writes)
+      ctx.report.add { figure = figure, store = store.name, metric = "wake-ups beyond 2 per write", unit = "count",
+        ours = extra, peer = p.wakeups and p.writes and math.max(0, p.wakeups - 2 * p.writes),
+        target = { ours = 0 } }
+    end
+  end
+end

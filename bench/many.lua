@@ -1,0 +1,52 @@
+-- N elections in one process through `require "leadership"`, one store
+-- object for all of them (what DESIGN.md promises: one session or lease
+-- per store). Run from the repository root with the build on the paths:
+--   lua5.4 bench/many.lua URL PREFIX N TTL
+-- It says "all-elected N" once every key prefix/key-<i> is held, a
+-- progress line each second until then (and nothing after), and on
+-- SIGTERM a last progress line, then stops every election (releasing
+-- the lease at once).
+local L = require "leadership"
+local say = require "bench.policies.say"
+
+say("start")
+local url, prefix, n, ttl = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4])
+assert(url and prefix and n and ttl, "usage: lua5.4 bench/many.lua URL PREFIX N TTL")
+
+local store = assert(L.store(url))
+local elected, leaders, errors = 0, 0, 0
+local candidates = {}
+for i = 1, n do
+  local c = L.candidate(store, prefix .. "/key-" .. i, "ours", { ttl = ttl })
+  local won = false
+  c.on_elected = function()
+    leaders = leaders + 1
+    if not won then
+      won = true
+      elected = elected + 1
+      if elected == n then say("all-elected", n) end
+    end
+  end
+  c.on_lost = function() leaders = leaders - 1 end
+  c.on_error = function() errors = errors + 1 end
+  candidates[i] = c
+  assert(c:run())
+end
+
+local stopping = false
+local function progress()
+  say("progress", ("elected=%d leaders=%d errors=%d"):format(elected, leaders, errors))
+end
+L.on_signal("TERM", function()
+  progress()
+  stopping = true
+  for _, c in ipairs(candidates) do c:stop() end
+end)
+while elected < n and not stopping do
+  L.sleep(1)
+  progress()
+end
+L.run()
+L.on_signal("TERM", nil)
+store:close()
+say("stopped")
