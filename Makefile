@@ -1,6 +1,8 @@
 # make            build/leadership and build/lua (the module for a plain lua5.4)
 # make test       every spec (starts its own etcd, ZooKeeper, Redis on 127.0.0.1)
 # make demo       three `leadership run` processes on file://, leader killed
+# make bench      ours vs docker/leadership on etcd and ZooKeeper (~10 min; BENCH_QUICK=1
+#                 and the other knobs in bench/run); prints a table, writes bench/RESULTS.md
 # BUILD=dir       build somewhere else (helpers building side by side)
 
 BUILD    ?= build
@@ -28,7 +30,7 @@ BACKEND_SRC := $(wildcard backends/*.c)
 LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
-.PHONY: all test demo clean install format asan valgrind-test
+.PHONY: all test demo clean install format asan valgrind-test bench
 all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
@@ -81,6 +83,17 @@ valgrind-test: all
 
 demo: all
 	LEADERSHIP_BUILD=$(BUILD) examples/demo.sh
+
+# The peer: docker/leadership from Debian's Go sources, GOPATH mode, offline.
+PEER_GO := GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH=$(abspath $(BUILD))/gopath:/usr/share/gocode \
+           GOCACHE=$(abspath $(BUILD))/gocache go
+$(BUILD)/peer-docker-leadership: $(wildcard bench/peers/docker-leadership/*.go)
+	$(PEER_GO) build -o $@ ./bench/peers/docker-leadership
+
+bench:
+	bench/setup.sh
+	$(MAKE) all $(BUILD)/peer-docker-leadership BUILD=$(BUILD)
+	LEADERSHIP_BUILD=$(BUILD) $(LUA) bench/run
 
 format:
 	clang-format -i runtime/*.c runtime/*.h backends/*.c backends/*.h spec/support/*.c
