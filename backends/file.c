@@ -123,7 +123,6 @@ typedef struct lease_record {
     long long released_at_ns;
     const char *value;
     size_t value_len;
-    char *value_buf; /* decoded value_hex */
     uint64_t term;
     long long expiry_ns;
 } lease_record;
@@ -249,12 +248,13 @@ static int mutex_take(const file_key *k, char *err, size_t errlen)
  * a lease does not outlive a reboot, and the boot id voids it anyway. */
 static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err, size_t errlen)
 {
-    const char *base = strrchr(path, '/') + 1;
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s/.tmp-%s-%s", fs->dir, fs->holder_id, base);
+    char prefix[HOLDER_ID_MAX + 8];
+    snprintf(prefix, sizeof prefix, "/.tmp-%s-", fs->holder_id);
+    char *tmp = join(fs->dir, prefix, strrchr(path, '/') + 1);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "file store: cannot write '%s': %s", tmp, strerror(errno));
+        free(tmp);
         return -1;
     }
     int rc = json_dumpfd(doc, fd, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -270,59 +270,15 @@ static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err
     if (rc < 0) {
         unlink(tmp);
         snprintf(err, errlen, "file store: cannot write '%s': %s", path, strerror(saved));
-        return -1;
     }
-    return 0;
+    free(tmp);
+    return rc < 0 ? -1 : 0;
 }
 
 static void record_free(lease_record *r)
 {
     json_decref(r->root);
-    free(r->value_buf);
     memset(r, 0, sizeof *r);
-}
-
-static int hex_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static bool hex_decode(const char *hex, char **out, size_t *len)
-{
-    size_t n = strlen(hex);
-    if (n % 2)
-        return false;
-    char *buf = malloc(n / 2 + 1);
-    for (size_t i = 0; i < n / 2; i++) {
-        int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            free(buf);
-            return false;
-        }
-        buf[i] = (char)(hi << 4 | lo);
-    }
-    buf[n / 2] = '\0';
-    *out = buf;
-    *len = n / 2;
-    return true;
-}
-
-static char *hex_encode(const char *data, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    char *out = malloc(len * 2 + 1);
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = hex[(unsigned char)data[i] >> 4];
-        out[2 * i + 1] = hex[(unsigned char)data[i] & 15];
-    }
-    out[len * 2] = '\0';
-    return out;
 }
 
 static bool record_garbage(lease_record *r, const char *why)
@@ -364,16 +320,10 @@ static bool record_parse(lease_record *r)
     r->boot = json_string_value(boot);
     r->expiry_ns = json_integer_value(expiry);
     json_t *value = json_object_get(root, "value");
-    json_t *value_hex = json_object_get(root, "value_hex");
-    if (json_is_string(value)) {
-        r->value = json_string_value(value);
-        r->value_len = json_string_length(value);
-    } else if (json_is_string(value_hex) &&
-               hex_decode(json_string_value(value_hex), &r->value_buf, &r->value_len)) {
-        r->value = r->value_buf;
-    } else {
+    if (!json_is_string(value))
         return record_garbage(r, "'value' is missing or not a string");
-    }
+    r->value = json_string_value(value);
+    r->value_len = json_string_length(value);
     return true;
 }
 
@@ -451,15 +401,15 @@ static int record_write(file_store *fs, const file_key *k, const char *value, si
     json_object_set_new(doc, "term", json_integer((json_int_t)term));
     json_object_set_new(doc, "boot", json_string(fs->boot_id));
     if (value) {
-        /* jansson strings must be UTF-8; other bytes go as hex */
+        /* JSON strings are UTF-8; the Lua module allows no other values */
         json_t *v = json_stringn(value, len);
-        if (v) {
-            json_object_set_new(doc, "value", v);
-        } else {
-            char *hex = hex_encode(value, len);
-            json_object_set_new(doc, "value_hex", json_string(hex));
-            free(hex);
+        if (!v) {
+            json_decref(doc);
+            snprintf(err, errlen, "file store: the value for '%s' is not UTF-8 text",
+                     k->lease_path);
+            return -1;
         }
+        json_object_set_new(doc, "value", v);
         json_object_set_new(doc, "expiry", json_integer(expiry_ns));
     } else {
         json_object_set_new(doc, "released_by", json_string(fs->holder_id));
@@ -480,16 +430,15 @@ static bool holder_alive(file_store *fs, const char *id)
 {
     if (!strcmp(id, fs->holder_id))
         return true;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", fs->holders_dir, id);
+    char *path = join(fs->holders_dir, "/", id);
     /* read-only: our close must not look like a holder's death */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return errno != ENOENT;
-    bool alive = flock(fd, LOCK_SH | LOCK_NB) < 0;
-    close(fd);
+    bool alive = fd < 0 ? errno != ENOENT : flock(fd, LOCK_SH | LOCK_NB) < 0;
+    if (fd >= 0)
+        close(fd);
     if (!alive)
         unlink(path);
+    free(path);
     return alive;
 }
 
@@ -756,6 +705,7 @@ static void entry_acquire(file_entry *en)
     }
     evtimer_del(en->wake);
     en->seen_holder[0] = '\0';
+    en->garbage_reported = false; /* the record is ours and sound now */
     en->holding = true;
     en->term = term;
     en->renew_at = sent_at + en->ttl / 3;
@@ -1160,8 +1110,8 @@ static int file_open(ls_store *store, const ls_store_config *cfg, char *err, siz
         fs->dir[n - 1] = '\0';
     fs->holders_dir = join(fs->dir, "/holders", "");
     read_boot_id(fs->boot_id, sizeof fs->boot_id);
-    if (mkdir_p(fs->holders_dir, err, errlen) < 0 || holder_create(fs, err, errlen) < 0 ||
-        watch_dirs(fs, err, errlen) < 0) {
+    if (mkdir_p(fs->dir, err, errlen) < 0 || mkdir_p(fs->holders_dir, err, errlen) < 0 ||
+        holder_create(fs, err, errlen) < 0 || watch_dirs(fs, err, errlen) < 0) {
         if (fs->holder_fd >= 0) {
             close(fs->holder_fd);
             unlink(fs->holder_path);

@@ -1,0 +1,399 @@
+-- The file:// backend driven through the Lua module in one process: two
+-- stores on one directory are two holders. Holders in other processes
+-- (alive, hung or killed) are played by `sh`/`flock` children holding a
+-- holder file's lock, with records written by hand.
+local L = require "leadership"
+local cjson = require "cjson"
+
+local KEY = "svc/leader"
+local KEY_FILE = "svc%2Fleader"
+
+local BOOT_ID = (H.read("/proc/sys/kernel/random/boot_id") or ""):gsub("%s+$", "")
+
+-- Runs the loop until fn() is truthy or `timeout` seconds pass.
+local function wait_for(fn, timeout)
+  local deadline = L.now() + timeout
+  while not fn() and L.now() < deadline do L.sleep(0.005) end
+  return fn()
+end
+
+-- Handler calls, each { at = L.now(), what = "elected", ... }.
+local made = {} -- every candidate and follower, stopped after each spec
+
+local function candidate(store, name, key, options)
+  local events = {}
+  local function record(what, a, b)
+    events[#events + 1] = { at = L.now(), what = what, a = a, b = b }
+  end
+  local c = L.candidate(store, key or KEY, name, options or { ttl = 1 })
+  c.on_elected = function(_, term) record("elected", term) end
+  c.on_lost = function(_, reason) record("lost", reason) end
+  c.on_leader_change = function(_, leader, term) record("leader", leader, term) end
+  c.on_error = function(_, err) record("error", tostring(err)) end
+  made[#made + 1] = c
+  return c, events
+end
+
+local function find(events, what, a)
+  for _, ev in ipairs(events) do
+    if ev.what == what and (a == nil or ev.a == a) then return ev end
+  end
+end
+
+local function count(events, what)
+  local n = 0
+  for _, ev in ipairs(events) do if ev.what == what then n = n + 1 end end
+  return n
+end
+
+local function dump(events)
+  local lines = {}
+  for _, ev in ipairs(events) do
+    lines[#lines + 1] = ("%.3f %s %s %s"):format(ev.at, ev.what, tostring(ev.a), tostring(ev.b))
+  end
+  return table.concat(lines, "\n")
+end
+
+local function list(dir)
+  local names = {}
+  for name in H.sh("ls -A " .. H.quote(dir) .. " 2>/dev/null"):gmatch("[^\n]+") do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  return names
+end
+
+-- Replaces a file the way the backend does: temp file + rename.
+local function replace(path, text)
+  H.write(path .. ".spec-tmp", text)
+  assert(os.rename(path .. ".spec-tmp", path))
+end
+
+-- A lease record by hand. Integers are formatted here: lua-cjson would
+-- print a large nanosecond count in exponent form.
+local function record_text(holder, term, value, expiry_ns, boot)
+  return ('{"holder":%s,"term":%d,"value":%s,"expiry":%d,"boot":%s}'):format(
+    cjson.encode(holder), term, cjson.encode(value), expiry_ns, cjson.encode(boot or BOOT_ID))
+end
+
+local function mono_ns(offset)
+  return math.floor((L.now() + offset) * 1e9)
+end
+
+describe("file:// backend", function()
+  local dirs, children
+
+  -- A store directory that does not exist yet (the store creates it).
+  local function new_dir()
+    local parent = H.tmpdir("file")
+    dirs[#dirs + 1] = parent
+    return parent .. "/store", parent
+  end
+
+  -- A process that holds holders/<id>'s lock, like a live store: opened
+  -- read-write, so its death raises the same inotify event as a store's.
+  local function fake_holder(dir, id)
+    local path = dir .. "/holders/" .. id
+    local child = H.spawn({ "sh", "-c", 'exec 3<>"$1" && flock -x 3 && exec sleep 30', "sh", path })
+    children[#children + 1] = child
+    assert(H.wait_until(function()
+      return H.sh("flock -n -s " .. H.quote(path) .. " true || echo held") ~= ""
+    end, 5, 0.01), "the fake holder never locked its file")
+    return child
+  end
+
+  before_each(function()
+    dirs, children = {}, {}
+  end)
+
+  after_each(function()
+    for _, child in ipairs(children) do H.signal(child, "KILL") end
+    -- a failed spec must not leave its elections to fail the next one
+    for _, c in ipairs(made) do c:stop() end
+    made = {}
+    L.run(2)
+    collectgarbage()
+    collectgarbage()
+    assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+    -- every closed store removed its holder file
+    for _, parent in ipairs(dirs) do
+      for _, name in ipairs(list(parent .. "/store/holders")) do
+        assert.truthy(not name:match("^%d+%-%x+$"), "holder file left behind: " .. name)
+      end
+      os.execute("rm -rf " .. H.quote(parent))
+    end
+  end)
+
+  it("elects exactly one of two stores and hands over within 100 ms of stop", function()
+    local dir = new_dir()
+    local a, ea = candidate(assert(L.store("file://" .. dir)), "a")
+    local b, eb = candidate(assert(L.store("file://" .. dir)), "b")
+    a:run(); b:run()
+    assert.truthy(wait_for(function() return a:is_leader() or b:is_leader() end, 1))
+    L.sleep(0.2)
+    assert.are_not.equal(a:is_leader(), b:is_leader())
+    local leader, other, le, oe = a, b, ea, eb
+    if b:is_leader() then leader, other, le, oe = b, a, eb, ea end
+    assert.equal(1, leader:term())
+    assert.equal(1, count(le, "elected"))
+    assert.equal(0, count(oe, "elected"))
+    assert.equal(leader == a and "a" or "b", (other:leader()))
+
+    local t0 = L.now()
+    leader:stop()
+    assert.truthy(wait_for(function() return find(oe, "elected") end, 1), dump(oe))
+    local took = find(oe, "elected").at - t0
+    assert.truthy(took < 0.1, ("handover took %.3f s"):format(took))
+    assert.equal(2, other:term())
+    other:stop()
+  end)
+
+  it("keeps the lease with renewals and extends the record's expiry", function()
+    local dir = new_dir()
+    local a, ea = candidate(assert(L.store("file://" .. dir)), "a", KEY, { ttl = 0.3 })
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    local first = cjson.decode(H.read(dir .. "/" .. KEY_FILE .. ".lease"))
+    L.sleep(1.2) -- four ttls: only renewals keep it
+    assert.is_true(a:is_leader())
+    assert.equal(1, a:term())
+    assert.equal(1, count(ea, "elected"))
+    assert.equal(0, count(ea, "lost"))
+    local now = cjson.decode(H.read(dir .. "/" .. KEY_FILE .. ".lease"))
+    assert.truthy(now.expiry > first.expiry + 0.8e9)
+    assert.equal("a", now.value)
+    a:stop()
+    local released = cjson.decode(H.read(dir .. "/" .. KEY_FILE .. ".lease"))
+    assert.equal(cjson.null, released.holder)
+    assert.equal(1, released.term)
+  end)
+
+  it("hands a resigned key to the other store, not back to itself", function()
+    local dir = new_dir()
+    local a = candidate(assert(L.store("file://" .. dir)), "a")
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    local b, eb = candidate(assert(L.store("file://" .. dir)), "b")
+    b:run()
+    L.sleep(0.05)
+    assert.is_false(b:is_leader())
+    a:resign()
+    assert.truthy(wait_for(function() return b:is_leader() end, 0.5), dump(eb))
+    assert.equal(2, b:term())
+    assert.is_false(a:is_leader())
+    -- alone, the resigner takes the key back after its grace period
+    b:stop()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    assert.equal(3, a:term())
+    a:stop()
+  end)
+
+  it("tells a follower in another store of every leader and of vacancy", function()
+    local dir = new_dir()
+    local s1, s2 = assert(L.store("file://" .. dir)), assert(L.store("file://" .. dir))
+    local seen = {}
+    local f = L.follower(s2, KEY)
+    made[#made + 1] = f
+    f.on_leader_change = function(_, leader, term) seen[#seen + 1] = tostring(leader) .. " " .. tostring(term) end
+    f:run()
+    assert.truthy(wait_for(function() return #seen >= 1 end, 1))
+    assert.equal("nil nil", seen[1])
+    local a = candidate(s1, "a")
+    a:run()
+    assert.truthy(wait_for(function() return #seen >= 2 end, 1))
+    assert.equal("a 1", seen[2])
+    assert.equal("a", (f:leader()))
+    a:stop()
+    assert.truthy(wait_for(function() return #seen >= 3 end, 1))
+    assert.equal("nil nil", seen[3])
+    local b = candidate(s2, "b")
+    b:run()
+    assert.truthy(wait_for(function() return #seen >= 4 end, 1))
+    assert.equal("b 2", seen[4])
+    assert.equal(4, #seen, table.concat(seen, ", "))
+    b:stop(); f:stop()
+  end)
+
+  it("reports a garbage record by file name, recovers, and never lowers the term", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local lease = dir .. "/" .. KEY_FILE .. ".lease"
+    local a = candidate(s, "a")
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    a:stop()
+    local garbage = {
+      '{"holder": "x-1", "term": 7, "val', -- truncated
+      "",
+      "[1, 2]",
+      '{"holder": 5, "term": "x"}',
+      '{"holder": "../../etc", "term": 3, "value": "v", "expiry": 1, "boot": "b"}',
+      '{"holder": "x-1", "term": 3, "value": 4, "expiry": 1, "boot": "b"}',
+    }
+    local last = 1
+    for i, text in ipairs(garbage) do
+      replace(lease, text)
+      local c, ev = candidate(s, "c" .. i)
+      c:run()
+      -- handlers run as tasks: wait for the reports, not just the state
+      assert.truthy(wait_for(function() return find(ev, "elected") and find(ev, "error") end, 1),
+        "after garbage: " .. text .. "\n" .. dump(ev))
+      local err = find(ev, "error")
+      assert.truthy(err, "no error for: " .. text)
+      assert.truthy(err.a:find(lease, 1, true), err.a)
+      assert.equal(last + 1, c:term(), "after garbage: " .. text)
+      last = c:term()
+      c:stop()
+    end
+    -- the term file keeps the count when the record cannot: a higher
+    -- count there wins over what the record says
+    replace(dir .. "/" .. KEY_FILE .. ".term", '{"term": 41}')
+    replace(lease, "not json")
+    local c, ev = candidate(s, "c")
+    c:run()
+    assert.truthy(wait_for(function() return find(ev, "elected") end, 1), dump(ev))
+    assert.equal(42, c:term())
+    -- garbage written over a live leader's record: it loses, reports,
+    -- and takes the key again with a higher term
+    replace(lease, '{"broken":')
+    assert.truthy(wait_for(function() return count(ev, "elected") == 2 end, 1), dump(ev))
+    assert.truthy(find(ev, "lost", "deleted"), dump(ev))
+    assert.equal(2, count(ev, "error"), dump(ev))
+    assert.equal(43, c:term())
+    c:stop()
+  end)
+
+  it("keeps odd keys inside the directory, each in its own file", function()
+    local dir, parent = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local keys = {
+      ["a/../../x"] = "a%2F%2E%2E%2F%2E%2E%2Fx",
+      [".."] = "%2E%2E",
+      ["."] = "%2E",
+      ["a b"] = "a%20b",
+      ["a/b"] = "a%2Fb",
+      ["a%2Fb"] = "a%252Fb",
+      ["/"] = "%2F",
+      ["-_x9"] = "-_x9",
+    }
+    local cs = {}
+    for key in pairs(keys) do
+      local c = candidate(s, "v", key)
+      c:run()
+      cs[key] = c
+    end
+    assert.truthy(wait_for(function()
+      for _, c in pairs(cs) do if not c:is_leader() then return false end end
+      return true
+    end, 2))
+    for _, c in pairs(cs) do assert.equal(1, c:term()) end
+    assert.same({ "store" }, list(parent))
+    local expected = { "holders" }
+    for _, name in pairs(keys) do
+      for _, ext in ipairs({ ".lease", ".mutex", ".term" }) do expected[#expected + 1] = name .. ext end
+    end
+    table.sort(expected)
+    assert.same(expected, list(dir))
+    for _, c in pairs(cs) do c:stop() end
+    assert.has_error(function() L.candidate(s, "", "v") end)
+  end)
+
+  it("refuses a key whose file name would be too long, through on_error", function()
+    local dir = new_dir()
+    local c, ev = candidate(assert(L.store("file://" .. dir)), "v", ("k/"):rep(100))
+    c.retry = function() return nil end
+    c:run()
+    assert.truthy(wait_for(function() return find(ev, "error") end, 1))
+    assert.truthy(find(ev, "error").a:find("too long", 1, true), dump(ev))
+    assert.is_false(c:is_leader())
+    c:stop()
+  end)
+
+  it("waits for a hung holder's lease to expire, then takes over", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir)) -- creates the directory
+    fake_holder(dir, "hung-1")
+    local expiry = L.now() + 0.4
+    replace(dir .. "/" .. KEY_FILE .. ".lease", record_text("hung-1", 5, "hung", mono_ns(0.4)))
+    local b, eb = candidate(s, "b")
+    b:run()
+    assert.truthy(wait_for(function() return find(eb, "leader", "hung") end, 1), dump(eb))
+    assert.equal(5, find(eb, "leader", "hung").b)
+    assert.truthy(wait_for(function() return find(eb, "elected") end, 1), dump(eb))
+    local at = find(eb, "elected").at
+    assert.truthy(at >= expiry - 0.01, ("elected %.3f s before the expiry"):format(expiry - at))
+    assert.truthy(at < expiry + 0.1, ("elected %.3f s after the expiry"):format(at - expiry))
+    assert.equal(6, b:term())
+    b:stop()
+  end)
+
+  it("takes over within 100 ms when a live holder is killed", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local holder = fake_holder(dir, "other-1")
+    replace(dir .. "/" .. KEY_FILE .. ".lease", record_text("other-1", 9, "other", mono_ns(60)))
+    local b, eb = candidate(s, "b")
+    b:run()
+    assert.truthy(wait_for(function() return find(eb, "leader", "other") end, 1), dump(eb))
+    L.sleep(0.1)
+    assert.is_false(b:is_leader())
+    local t0 = L.now()
+    H.signal(holder, "KILL")
+    assert.truthy(wait_for(function() return find(eb, "elected") end, 1), dump(eb))
+    local took = find(eb, "elected").at - t0
+    io.stderr:write(("\n[file] takeover after kill -9 of the holder: %.1f ms\n"):format(took * 1000))
+    assert.truthy(took < 0.1, ("takeover took %.3f s"):format(took))
+    assert.equal(10, b:term())
+    b:stop()
+  end)
+
+  it("loses a lease taken behind its back, and sees the new holder", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local a, ea = candidate(s, "a")
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    local intruder = fake_holder(dir, "intruder-1")
+    replace(dir .. "/" .. KEY_FILE .. ".lease", record_text("intruder-1", 99, "intruder", mono_ns(60)))
+    assert.truthy(wait_for(function() return find(ea, "lost") end, 1), dump(ea))
+    assert.equal("deleted", find(ea, "lost").a)
+    assert.is_false(a:is_leader())
+    assert.truthy(wait_for(function() return find(ea, "leader", "intruder") end, 1), dump(ea))
+    H.signal(intruder, "KILL")
+    assert.truthy(wait_for(function() return a:is_leader() end, 1), dump(ea))
+    assert.equal(100, a:term())
+    a:stop()
+  end)
+
+  it("treats a record from another boot as vacant", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    fake_holder(dir, "old-1")
+    replace(dir .. "/" .. KEY_FILE .. ".lease",
+      record_text("old-1", 3, "old", mono_ns(60), "00000000-0000-0000-0000-000000000000"))
+    local b, eb = candidate(s, "b")
+    b:run()
+    assert.truthy(wait_for(function() return b:is_leader() end, 0.1), dump(eb))
+    assert.equal(4, b:term())
+    assert.is_nil(find(eb, "leader", "old"))
+    b:stop()
+  end)
+
+  it("creates the directory, and names the problem when it cannot", function()
+    local dir, parent = new_dir()
+    local s = assert(L.store("file://" .. dir .. "/deeper/still"))
+    s:close()
+    assert.same({ "holders" }, list(dir .. "/deeper/still"))
+    H.write(parent .. "/plain", "x")
+    local s2, err = L.store("file://" .. parent .. "/plain/sub")
+    assert.is_nil(s2)
+    assert.truthy(err:find(parent .. "/plain/sub", 1, true), err)
+    local s3, err3 = L.store("file://" .. parent .. "/plain")
+    assert.is_nil(s3)
+    assert.truthy(err3:find(parent .. "/plain", 1, true) and err3:find("not a directory", 1, true), err3)
+    local ok, msg = pcall(L.store, "file://" .. dir .. "?bogus=1")
+    assert.is_false(ok)
+    assert.truthy(tostring(msg):find("unknown option 'bogus'", 1, true), msg)
+    assert.truthy(L.store("file://" .. dir .. "?timeout=2"))
+  end)
+end)
