@@ -1,0 +1,380 @@
+-- The ZooKeeper backend against real servers (Debian's zookeeper, started
+-- here on 127.0.0.1 with a 500 ms tick): in-process elections on one
+-- standalone server, the process scenarios every backend passes, then a
+-- 3-server ensemble losing the member a leader uses and losing quorum.
+local L = require "leadership"
+local Z = require "zookeeper"
+local C = require "cluster"
+
+local have = Z.have(pending)
+
+local key_count = 0
+local function new_key()
+  key_count = key_count + 1
+  return ("spec/zk/%d/%d"):format(os.time(), key_count)
+end
+
+-- Records handler calls as strings: "a elected 42", "b sees a 42", ...
+local function recorder()
+  local log = {}
+  return log, function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    log[#log + 1] = table.concat(parts, " ")
+  end
+end
+
+local function find(log, pattern, from)
+  for i = from or 1, #log do
+    if log[i]:match(pattern) then return i, log[i] end
+  end
+end
+
+local function candidate(store, key, name, record, ttl)
+  local c = L.candidate(store, key, name, { ttl = ttl or 3 })
+  c.on_elected = function(_, term) record(name, "elected", term) end
+  c.on_lost = function(_, reason) record(name, "lost", reason) end
+  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
+  c.on_error = function(_, err) record(name, "error", err) end
+  return c
+end
+
+local function follower(store, key, name, record)
+  local f = L.follower(store, key)
+  f.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
+  f.on_error = function(_, err) record(name, "error", err) end
+  return f
+end
+
+-- Runs the loop until fn() is truthy or `timeout` seconds pass.
+local function loop_until(fn, timeout)
+  local deadline = L.now() + timeout
+  while not fn() and L.now() < deadline do L.sleep(0.01) end
+  return fn()
+end
+
+-- For Z:cli: keeps the loop (and so renewals) running while zkCli runs.
+local function wait(done) assert(loop_until(done, 40), "zkCli did not finish") end
+
+local function no_leaks()
+  L.run(3)
+  collectgarbage()
+  collectgarbage()
+  L.run(1)
+  assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+end
+
+describe("zookeeper store", function()
+  if not have then return end
+  local zk
+
+  setup(function() zk = Z.standalone() end)
+  teardown(function() if zk then zk:stop() end end)
+
+  describe("in one process", function()
+    after_each(no_leaks)
+
+    it("checks its options", function()
+      assert.has_error(function() L.store(zk.url, { bogus = 1 }) end, "unknown option 'bogus' for the zk store")
+      local s, err = L.store(zk.url, { auth = { scheme = "digest" } })
+      assert.is_nil(s)
+      assert.matches("needs auth.credentials", err)
+      s, err = L.store(zk.url, { auth = { credentials = "no-colon" } })
+      assert.is_nil(s)
+      assert.matches("user:password", err)
+    end)
+
+    it("elects one; a waiter and a follower see it; term is the node's czxid", function()
+      local s1, s2 = assert(L.store(zk.url)), assert(L.store(zk.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s1, key, "a", record)
+      local b = candidate(s2, key, "b", record)
+      local f = follower(s2, key, "f", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      b:run()
+      f:run()
+      local term = a:term()
+      assert.truthy(loop_until(function()
+        return find(log, "^f sees a " .. term .. "$") and find(log, "^b sees a " .. term .. "$")
+      end, 5), table.concat(log, "\n"))
+      assert.is_false(b:is_leader())
+      assert.equal("a", (f:leader()))
+      -- two ephemeral sequential nodes with protected names, in join order
+      local kids = zk:children("/" .. key, wait)
+      assert.equal(2, #kids)
+      for _, kid in ipairs(kids) do
+        assert.matches("^_c_%x+%-%x+%-4%x+%-%x+%-%x+%-%d+$", kid)
+      end
+      local out = zk:cli({ "get -s /" .. key .. "/" .. kids[1] }, wait)
+      assert.matches("\na\n", "\n" .. out .. "\n")
+      assert.equal(term, tonumber(out:match("cZxid = (0x%x+)")))
+      assert.not_equal("0x0", out:match("ephemeralOwner = (0x%x+)"))
+      a:stop()
+      assert.truthy(loop_until(function() return b:is_leader() end, 2))
+      assert.is_true(b:term() > term, "terms rise")
+      b:stop()
+      f:stop()
+    end)
+
+    it("keeps a fair queue and wakes only the successor", function()
+      local key, dir = new_key(), nil
+      dir = "/" .. key .. "/"
+      local log, record = recorder()
+      local names, cands = { "a", "b", "c", "d" }, {}
+      for i, name in ipairs(names) do
+        -- one store each: one session each, as four processes would have
+        cands[i] = candidate(assert(L.store(zk.url)), key, name, record)
+        cands[i]:run()
+        assert.truthy(loop_until(function()
+          return find(log, "^" .. name .. " elected") or find(log, "^" .. name .. " sees a ")
+        end, 5), table.concat(log, "\n"))
+      end
+      local kids = zk:children("/" .. key, wait)
+      assert.equal(4, #kids)
+
+      -- Who watches what, on the server: each session one node; the leader
+      -- its own, each waiter its predecessor; nobody the children of <key>.
+      local function watch_counts()
+        local counts, sessions = {}, 0
+        for _, paths in pairs(zk:watches()) do
+          local mine = {}
+          for _, p in ipairs(paths) do
+            if p:sub(1, #dir - 1) == dir:sub(1, -2) then mine[#mine + 1] = p end
+          end
+          if #mine > 0 then
+            sessions = sessions + 1
+            assert.equal(1, #mine, "a session watches one node: " .. table.concat(mine, " "))
+            counts[mine[1]] = (counts[mine[1]] or 0) + 1
+          end
+        end
+        return counts, sessions
+      end
+      local counts, sessions = watch_counts()
+      assert.equal(4, sessions)
+      assert.same({ [dir .. kids[1]] = 2, [dir .. kids[2]] = 1, [dir .. kids[3]] = 1 }, counts)
+
+      -- a leaves: b takes over; c and d are not woken (so, unlike a
+      -- follower, they do not hear of the change either)
+      local mark = #log
+      local t0 = L.now()
+      cands[1]:stop()
+      assert.truthy(loop_until(function() return cands[2]:is_leader() end, 2))
+      io.stderr:write(("\n[zookeeper] in-process stop handover: %.0f ms\n"):format((L.now() - t0) * 1000))
+      L.sleep(0.3)
+      assert.is_nil(find(log, "^[cd] ", mark + 1), table.concat(log, "\n"))
+      counts = watch_counts()
+      assert.same({ [dir .. kids[2]] = 2, [dir .. kids[3]] = 1 }, counts)
+
+      cands[2]:stop()
+      assert.truthy(loop_until(function() return cands[3]:is_leader() end, 2))
+      assert.is_false(cands[4]:is_leader())
+      cands[3]:stop()
+      assert.truthy(loop_until(function() return cands[4]:is_leader() end, 2))
+      -- elected in join order, terms rising
+      local order, last = {}, 0
+      for _, line in ipairs(log) do
+        local name, term = line:match("^(%a) elected (%d+)$")
+        if name then
+          order[#order + 1] = name
+          assert.is_true(tonumber(term) > last)
+          last = tonumber(term)
+        end
+      end
+      assert.same(names, order)
+      cands[4]:stop()
+    end)
+
+    it("a follower reports vacancy, the leader and each change", function()
+      local s = assert(L.store(zk.url))
+      local key = new_key()
+      local log, record = recorder()
+      local f = follower(s, key, "f", record)
+      f:run()
+      assert.truthy(loop_until(function() return find(log, "^f sees nil") end, 5))
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return find(log, "^f sees a %d+$") end, 5), table.concat(log, "\n"))
+      local b = candidate(assert(L.store(zk.url)), key, { name = "b", addr = "127.0.0.1:80" }, record)
+      b:run()
+      L.sleep(0.2)
+      a:stop()
+      assert.truthy(loop_until(function()
+        local leader = f:leader()
+        return type(leader) == "table" and leader.addr == "127.0.0.1:80"
+      end, 5), table.concat(log, "\n"))
+      local vacancies = select(2, table.concat(log, "\n"):gsub("f sees nil", ""))
+      b:stop()
+      assert.truthy(loop_until(function()
+        return select(2, table.concat(log, "\n"):gsub("f sees nil", "")) > vacancies
+      end, 5), table.concat(log, "\n"))
+      assert.is_nil(f:leader())
+      f:stop()
+    end)
+
+    it("finds its own node when a create's reply is lost, leaving no orphan", function()
+      local s = assert(L.store(zk.url))
+      local key = new_key()
+      local log, record = recorder()
+      assert(s:inject("lose_create_reply"))
+      local a = candidate(s, key, "a", record)
+      a:run()
+      -- an orphan would sit first in the queue and a would never lead
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      assert.equal(1, #zk:children("/" .. key, wait))
+      a:stop()
+    end)
+
+    it("on session expiry the leader loses, then joins again on a new session", function()
+      local s = assert(L.store(zk.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5))
+      local term = a:term()
+      assert(s:inject("expire_session"))
+      assert.truthy(loop_until(function() return find(log, "^a lost session$") end, 5), table.concat(log, "\n"))
+      assert.truthy(find(log, "^a error ZooKeeper session expired"))
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      assert.is_true(a:term() > term)
+      assert.equal(1, #zk:children("/" .. key, wait))
+      a:stop()
+    end)
+
+    it("reports bad leader data instead of trusting it", function()
+      local core = require "leadership.core"
+      local s = assert(L.store(zk.url))
+      local log, record = recorder()
+      -- not UTF-8: written past the Lua layer's own check, as a foreign client might
+      local key = new_key()
+      local bad = core.candidate(s, key, "\xff\xfe", { ttl = 3 })
+      bad:run()
+      local f = follower(assert(L.store(zk.url)), key, "f", record)
+      f:run()
+      assert.truthy(loop_until(function() return find(log, "^f error .*not UTF%-8") end, 5), table.concat(log, "\n"))
+      assert.is_nil(find(log, "^f sees [^n]"))
+      assert.is_nil(f:leader())
+      bad:stop()
+      f:stop()
+      -- empty: a node with no data, made with zkCli
+      local key2 = ("zkspec-empty-%d"):format(math.random(1e9))
+      zk:cli({ "create /" .. key2, "create -s /" .. key2 .. "/x-" })
+      local g = follower(assert(L.store(zk.url)), key2, "g", record)
+      g:run()
+      assert.truthy(loop_until(function() return find(log, "^g error .*empty") end, 5), table.concat(log, "\n"))
+      assert.is_nil(g:leader())
+      g:stop()
+      zk:cli({ "deleteall /" .. key2 })
+    end)
+
+    it("with digest auth, others can read the leader node but not delete it", function()
+      local s = assert(L.store(zk.url, { auth = { scheme = "digest", credentials = "alice:secret" } }))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      local node = "/" .. key .. "/" .. zk:children("/" .. key, wait)[1]
+      local out = zk:cli({ "delete " .. node, "getAcl " .. node, "get " .. node }, wait)
+      assert.matches("Insufficient permission", out)
+      assert.matches("'digest,'alice:", out)
+      assert.matches("'world,'anyone\n: r\n", out .. "\n")
+      assert.equal(1, #zk:children("/" .. key, wait))
+      L.sleep(0.2)
+      assert.is_true(a:is_leader())
+      -- other credentials cannot even join the queue
+      local m = candidate(assert(L.store(zk.url, { auth = { scheme = "digest", credentials = "mallory:x" } })),
+        key, "m", record)
+      m:run()
+      assert.truthy(loop_until(function() return find(log, "^m error not allowed to create") end, 5),
+        table.concat(log, "\n"))
+      m:stop()
+      a:stop()
+    end)
+
+    it("steps down at its deadline when the server stops answering, leads again after", function()
+      local s = assert(L.store(zk.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 3)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5))
+      L.sleep(1.2) -- a few renewals
+      local t0 = L.now()
+      zk:server(1):pause()
+      local lost = loop_until(function() return find(log, "^a lost") end, 6)
+      local took = L.now() - t0
+      zk:server(1):resume()
+      assert.truthy(lost, table.concat(log, "\n"))
+      assert.equal("a lost deadline", log[lost])
+      io.stderr:write(("\n[zookeeper] server frozen: leader stepped down after %.2f s (ttl 3)\n"):format(took))
+      -- at most 2/3 ttl past the last answered sync, sent at most 1/3 ttl before the freeze
+      assert.is_true(took <= 3.2, ("stepped down after %.2f s"):format(took))
+      assert.truthy(loop_until(function() return a:is_leader() end, 15), table.concat(log, "\n"))
+      a:stop()
+    end)
+  end)
+
+  C.describe_processes(_ENV, "zookeeper", function() return zk.url end,
+    { ttl = 3, kill9 = 4, pause = 5 })
+end)
+
+describe("zookeeper ensemble of 3", function()
+  if not have then return end
+  local ens
+
+  setup(function() ens = Z.ensemble(3) end)
+  teardown(function() if ens then ens:stop() end end)
+
+  it("without quorum the leader steps down at its deadline, and leads again with it", function()
+    local s = assert(L.store(ens.url))
+    local key = new_key()
+    local log, record = recorder()
+    local a = candidate(s, key, "a", record, 3)
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 10), table.concat(log, "\n"))
+    L.sleep(1.2)
+    local t0 = L.now()
+    ens:server(1):pause()
+    ens:server(2):pause()
+    local lost = loop_until(function() return find(log, "^a lost") end, 6)
+    local took = L.now() - t0
+    ens:server(1):resume()
+    ens:server(2):resume()
+    assert.truthy(lost, table.concat(log, "\n"))
+    assert.equal("a lost deadline", log[lost])
+    io.stderr:write(("\n[zookeeper] quorum lost: leader stepped down after %.2f s (ttl 3)\n"):format(took))
+    assert.is_true(took <= 3.2, ("stepped down after %.2f s"):format(took))
+    assert.truthy(loop_until(function() return a:is_leader() end, 20), table.concat(log, "\n"))
+    a:stop()
+    no_leaks()
+  end)
+
+  it("keeps one leader when the server the leader's session uses is killed", function()
+    local cluster = C.start { store = ens.url, ttl = 3, nodes = 2 }
+    finally(function() cluster:stop() end)
+    local first = cluster:wait_leader(10)
+    assert.truthy(first, cluster:dump())
+    local kids = ens:children("/" .. cluster.key)
+    local owner = ens:cli({ "stat /" .. cluster.key .. "/" .. kids[1] }):match("ephemeralOwner = (0x%x+)")
+    assert.truthy(owner)
+    local srv = ens:server_of(owner)
+    assert.truthy(srv, "the leader's session is on no server")
+    local killed_at = L.time()
+    srv:kill()
+    os.execute("sleep 5")
+    local leader = cluster:wait_leader(10)
+    assert.truthy(leader, cluster:dump())
+    local violation = cluster:check_stamps()
+    assert.is_nil(violation, (violation or "") .. "\n" .. cluster:dump())
+    local after = 0
+    for _, st in ipairs(cluster:read_stamps()) do
+      if st.t > killed_at + 1 then after = after + 1 end
+    end
+    assert.is_true(after > 50, "work went on after the kill")
+    io.stderr:write(("\n[zookeeper] ensemble member killed: leader %s, %s\n"):format(
+      leader == first and "kept" or "moved to " .. leader, leader == first and "no handover" or "handed over"))
+  end)
+end)
