@@ -4,8 +4,6 @@
 
 extern const ls_backend ls_backend_memory;
 extern const ls_backend ls_backend_file;
-extern const ls_backend ls_backend_consul;
-extern const ls_backend ls_backend_etcd;
 extern const ls_backend ls_backend_redis;
 extern const ls_backend ls_backend_rediss;
 extern const ls_backend ls_backend_zookeeper;
@@ -13,8 +11,6 @@ extern const ls_backend ls_backend_zookeeper;
 static const ls_backend *const all_backends[] = {
     &ls_backend_memory,
     &ls_backend_file,
-    &ls_backend_consul,
-    &ls_backend_etcd,
     &ls_backend_redis,
     &ls_backend_rediss,
     &ls_backend_zookeeper,
@@ -24,8 +20,6 @@ static const ls_backend *const all_backends[] = {
 const char *const ls_backend_schemes[] = {
     "memory",
     "file",
-    "consul",
-    "etcd",
     "redis",
     "rediss",
     "zk",
