@@ -1,0 +1,1816 @@
+/* etcd v3 through its JSON gateway (/v3/kv, /v3/lease, /v3/watch), over
+ * runtime/http.c on the loop.
+ *
+ * One lease per store and ttl, kept alive every ttl/3 for all elections on
+ * it. Each candidate creates "<key>/<lease hex>" under that lease (a txn
+ * guarded by create_revision == 0); the lowest create_revision under
+ * "<key>/" leads and that revision is the term; a waiting candidate watches
+ * only the deletion of the key just before its own (etcd's concurrency
+ * package, without the herd). Every watch of a store shares one /v3/watch
+ * stream; unary calls share a pool of UNARY_CONNECTIONS.
+ *
+ * Re-entrancy: a report to the engine may run Lua, which may cancel any
+ * election or drop the store. Objects are therefore only marked dead while
+ * a callback of ours is on the stack (s->depth) and freed when the
+ * outermost one returns.
+ */
+#include <event2/event.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/base64.h"
+#include "../runtime/http.h"
+#include "../runtime/log.h"
+#include "store.h"
+
+#define UNARY_CONNECTIONS 3 /* + the watch stream: 4 per store at most */
+#define WATCH_BUCKETS 1024
+
+typedef struct etcd etcd;
+typedef struct lease lease;
+typedef struct entry entry;
+typedef struct watch watch;
+typedef struct call call;
+typedef struct release release;
+
+/* reply: the parsed JSON (borrowed) or NULL with err. */
+typedef void (*call_fn)(void *ctx, json_t *reply, const char *err, double sent_at);
+
+/* One unary request, retried on the next member when one fails, and
+ * re-sent with a fresh token when etcd rejects the old one. */
+struct call {
+    etcd *s;
+    char *path;
+    char *body;
+    call_fn fn;
+    void *ctx;
+    ls_http_request *req;
+    struct event *timer; /* retry delay */
+    size_t endpoint;     /* member of the current attempt */
+    unsigned attempts;
+    bool auth_retried;
+    bool waiting_auth;
+    bool auth_failed;  /* to be finished with the authentication error */
+    call *prev, *next; /* s->calls */
+};
+
+typedef enum { WATCH_EVENTS, WATCH_COMPACTED, WATCH_FAILED } watch_kind;
+typedef void (*watch_fn)(void *ctx, watch_kind kind, json_t *events, const char *err);
+
+/* One watch on the shared stream, with an id we choose. */
+struct watch {
+    etcd *s;
+    int64_t id;
+    char *key, *range_end; /* base64; range_end NULL: the one key */
+    int64_t next_rev;      /* resume point after a reconnect */
+    bool noput;
+    watch_fn fn;
+    void *ctx;
+    watch *bucket_next;
+};
+
+typedef enum {
+    E_WAIT_LEASE,   /* candidate: its lease is being granted */
+    E_WAIT_RELEASE, /* candidate: the last deletion of its key name is in flight */
+    E_CREATING,     /* create txn in flight */
+    E_CHECKING,     /* "am I first?" txn in flight */
+    E_WAITING,      /* watching the predecessor's deletion */
+    E_LEADER,       /* watching our own key's deletion */
+    E_READING,      /* follower: range in flight */
+    E_FOLLOWING,    /* follower: watching the prefix */
+} entry_state;
+
+/* The backend side of one election. */
+struct entry {
+    etcd *s;
+    ls_election *e; /* NULL once cancelled */
+    entry_state state;
+    bool candidate;
+    char *prefix; /* "<key>/" */
+    char *name;   /* our key, "<key>/<lease hex>[.n]" */
+    lease *lease;
+    int64_t rev; /* our key's create_revision */
+    call *call;
+    watch *watch;
+    bool key_gone;    /* leader's key was deleted: is it the lease? */
+    double gone_at;   /* when we learnt it: only a later keepalive answers */
+    char *leader_key; /* follower: the leading key it reported */
+    bool dead;
+    entry *lease_prev, *lease_next;
+    entry *prev, *next; /* s->entries */
+    entry *grave_next;
+};
+
+struct lease {
+    etcd *s;
+    double ttl;
+    int64_t id;          /* 0 until granted */
+    bool alive;          /* granted, not known dead */
+    double valid_from;   /* send time of the last acknowledged grant or keepalive */
+    unsigned users;      /* candidates on it */
+    call *call;          /* grant or keepalive in flight */
+    struct event *timer; /* next keepalive */
+    struct event *idle;  /* revoke once nobody used it for a loop turn */
+    bool idle_armed;
+    bool probe; /* a keepalive is wanted as soon as possible */
+    entry *entries;
+    lease *next;
+};
+
+/* The deletion of a cancelled candidate's key, finished in the background. */
+struct release {
+    etcd *s;
+    char *name;
+    call *call;
+    struct event *timer;
+    unsigned attempts;
+    entry *waiter; /* campaigns on the same name wait for us */
+    release *next;
+};
+
+struct etcd {
+    ls_store *store;
+    char **endpoints; /* "http(s)://host:port" */
+    size_t nendpoints, current;
+    double timeout;
+    char *user, *password;
+    char *token;
+    ls_http_request *auth_req;
+    ls_http *http;       /* unary calls */
+    ls_http *watch_http; /* the one watch stream */
+    call *calls;
+    entry *entries;
+    entry *graveyard;
+    lease *leases;
+    release *releases;
+    /* the watch stream */
+    ls_http_request *stream;
+    bool stream_wants_auth;
+    char *in;
+    size_t inlen;
+    watch *buckets[WATCH_BUCKETS];
+    unsigned nwatches;
+    int64_t next_watch_id;
+    struct event *stream_timer;
+    unsigned stream_failures;
+    /* lifetime */
+    int depth;
+    bool closing;        /* the store object is gone */
+    bool closed;         /* ... and the leases and stream are ended */
+    unsigned background; /* revokes, releases and idle checks: they hold the loop */
+};
+
+static void enter(etcd *s) { s->depth++; }
+static void leave(etcd *s);
+
+/* Work that outlives the elections (a revoke, a key deletion) keeps
+ * leadership.run() going until it is done. */
+static void bg_begin(etcd *s)
+{
+    if (s->background++ == 0)
+        ls_loop_hold();
+}
+
+static void bg_end(etcd *s)
+{
+    if (--s->background == 0)
+        ls_loop_release();
+}
+
+/* ---- JSON helpers ---- */
+
+/* An int64 field (the gateway sends them as strings; absent means 0).
+ * False if present with the wrong type. */
+static bool jint(json_t *obj, const char *name, int64_t *out)
+{
+    json_t *v = json_object_get(obj, name);
+    *out = 0;
+    if (!v)
+        return true;
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return true;
+    }
+    if (!json_is_string(v))
+        return false;
+    char *end;
+    const char *text = json_string_value(v);
+    long long n = strtoll(text, &end, 10);
+    if (end == text || *end)
+        return false;
+    *out = n;
+    return true;
+}
+
+static json_t *jnum(int64_t n)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%" PRId64, n);
+    return json_string(buf);
+}
+
+static json_t *jb64(const char *data, size_t len)
+{
+    char *enc = ls_base64_encode(data, len);
+    json_t *j = json_string(enc);
+    free(enc);
+    return j;
+}
+
+static json_t *jb64s(const char *s) { return jb64(s, strlen(s)); }
+
+/* The first byte string after every key starting with prefix. */
+static char *prefix_end(const char *prefix)
+{
+    char *end = strdup(prefix);
+    size_t n = strlen(end);
+    end[n - 1]++; /* prefixes end in '/', never 0xff */
+    return end;
+}
+
+/* A decoded key/value, checked. */
+typedef struct kv {
+    char *key;
+    size_t key_len;
+    char *value;
+    size_t value_len;
+    int64_t create_rev, mod_rev, lease;
+} kv;
+
+static void kv_free(kv *k)
+{
+    free(k->key);
+    free(k->value);
+    memset(k, 0, sizeof *k);
+}
+
+static bool kv_parse(json_t *j, kv *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!json_is_object(j))
+        return false;
+    json_t *key = json_object_get(j, "key"), *value = json_object_get(j, "value");
+    if (!json_is_string(key) || (value && !json_is_string(value)))
+        return false;
+    out->key = ls_base64_decode(json_string_value(key), json_string_length(key), &out->key_len);
+    if (value)
+        out->value =
+            ls_base64_decode(json_string_value(value), json_string_length(value), &out->value_len);
+    else
+        out->value = strdup("");
+    if (!out->key || !out->value || !jint(j, "create_revision", &out->create_rev) ||
+        !jint(j, "mod_revision", &out->mod_rev) || !jint(j, "lease", &out->lease)) {
+        kv_free(out);
+        return false;
+    }
+    return true;
+}
+
+/* responses[i].response_range.kvs[j] of a txn reply, if any: 1 found,
+ * 0 none, -1 malformed. */
+static int txn_kv(json_t *reply, size_t i, size_t j, kv *out)
+{
+    json_t *resp = json_array_get(json_object_get(reply, "responses"), i);
+    json_t *range = json_object_get(resp, "response_range");
+    if (!json_is_object(range))
+        return -1;
+    json_t *kvs = json_object_get(range, "kvs");
+    if (kvs && !json_is_array(kvs))
+        return -1;
+    json_t *item = json_array_get(kvs, j);
+    if (!item)
+        return 0;
+    return kv_parse(item, out) ? 1 : -1;
+}
+
+static bool header_revision(json_t *reply, int64_t *rev)
+{
+    json_t *header = json_object_get(reply, "header");
+    return json_is_object(header) && jint(header, "revision", rev) && *rev > 0;
+}
+
+/* A RangeRequest over every key under prefix, by create_revision. */
+static json_t *range_body(const char *prefix, bool descend, int64_t limit, int64_t max_create)
+{
+    char *end = prefix_end(prefix);
+    json_t *r = json_pack("{s:o, s:o, s:s, s:s, s:o}", "key", jb64s(prefix), "range_end",
+                          jb64s(end), "sort_target", "CREATE", "sort_order",
+                          descend ? "DESCEND" : "ASCEND", "limit", jnum(limit));
+    free(end);
+    if (max_create > 0)
+        json_object_set_new(r, "max_create_revision", jnum(max_create));
+    return r;
+}
+
+/* The same as a txn operation. */
+static json_t *range_op(const char *prefix, bool descend, int64_t limit, int64_t max_create)
+{
+    return json_pack("{s:o}", "request_range", range_body(prefix, descend, limit, max_create));
+}
+
+/* ---- endpoints and unary calls ---- */
+
+static const char *host_of(etcd *s, size_t i)
+{
+    const char *url = s->endpoints[i];
+    return strstr(url, "://") + 3;
+}
+
+/* The member at index `failed` let us down: later requests go to the next. */
+static void endpoint_failed(etcd *s, size_t failed, const char *why)
+{
+    if (s->current != failed || s->nendpoints < 2)
+        return;
+    s->current = (failed + 1) % s->nendpoints;
+    ls_log(LS_WARN, "etcd: member %s failed (%s); using %s", host_of(s, failed), why,
+           host_of(s, s->current));
+}
+
+static void auth_start(etcd *s);
+static void call_send(call *c);
+
+static void call_free(call *c)
+{
+    etcd *s = c->s;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    ls_http_cancel(c->req);
+    event_free(c->timer);
+    free(c->path);
+    free(c->body);
+    free(c);
+}
+
+static void call_finish(call *c, json_t *reply, const char *err, double sent_at)
+{
+    etcd *s = c->s;
+    call_fn fn = c->fn;
+    void *ctx = c->ctx;
+    c->req = NULL;
+    call_free(c);
+    enter(s);
+    fn(ctx, reply, err, sent_at);
+    leave(s);
+}
+
+static void call_retry_cb(evutil_socket_t fd, short what, void *arg) { call_send(arg); }
+
+/* gRPC codes the gateway passes on: Unavailable, DeadlineExceeded. */
+static bool retryable(long status, int64_t code)
+{
+    return status == 502 || status == 503 || status == 504 || code == 14 || code == 4;
+}
+
+static void call_done(void *arg, const ls_http_response *res)
+{
+    call *c = arg;
+    etcd *s = c->s;
+    c->req = NULL;
+    char err[512];
+    json_t *reply = NULL;
+    int64_t code = 0;
+    const char *message = NULL;
+    if (!res->error) {
+        json_error_t jerr;
+        reply = json_loadb(res->body, res->len, 0, &jerr);
+        if (!json_is_object(reply)) {
+            snprintf(err, sizeof err, "etcd %s%s: malformed reply (HTTP %ld): %s",
+                     host_of(s, c->endpoint), c->path, res->status,
+                     reply ? "not a JSON object" : jerr.text);
+            json_decref(reply);
+            call_finish(c, NULL, err, res->sent_at);
+            return;
+        }
+        /* a stream reply (lease keepalive) nests its error */
+        json_t *error = json_object_get(reply, "error");
+        if (json_is_object(error)) {
+            jint(error, "grpc_code", &code);
+            message = json_string_value(json_object_get(error, "message"));
+        } else if (res->status != 200) {
+            jint(reply, "code", &code);
+            message = json_string_value(json_object_get(reply, "error"));
+            if (!message)
+                message = json_string_value(json_object_get(reply, "message"));
+        }
+        if (!message && res->status != 200)
+            message = "unexpected HTTP status";
+    }
+    if (res->error || retryable(res->status, code)) {
+        endpoint_failed(s, c->endpoint, res->error ? res->error : message);
+        if (++c->attempts < (s->nendpoints > 2 ? s->nendpoints : 2) && !s->closing) {
+            json_decref(reply);
+            struct timeval tv = {0, 50000 * c->attempts};
+            evtimer_add(c->timer, &tv);
+            return;
+        }
+        snprintf(err, sizeof err, "etcd %s%s: %s", host_of(s, c->endpoint), c->path,
+                 res->error ? res->error : message);
+        json_decref(reply);
+        call_finish(c, NULL, err, res->sent_at);
+        return;
+    }
+    if (message) {
+        bool token_rejected = code == 16 || strstr(message, "invalid auth token") ||
+                              strstr(message, "user name is empty");
+        if (token_rejected && s->user && !c->auth_retried) {
+            /* tokens expire: get a new one and go again, once */
+            c->auth_retried = true;
+            free(s->token);
+            s->token = NULL;
+            json_decref(reply);
+            call_send(c);
+            return;
+        }
+        if (token_rejected && !s->user)
+            snprintf(err, sizeof err,
+                     "etcd %s%s: %s (the server wants authentication: set auth.username and "
+                     "auth.password)",
+                     host_of(s, c->endpoint), c->path, message);
+        else
+            snprintf(err, sizeof err, "etcd %s%s: %s", host_of(s, c->endpoint), c->path, message);
+        json_decref(reply);
+        call_finish(c, NULL, err, res->sent_at);
+        return;
+    }
+    call_finish(c, reply, NULL, res->sent_at);
+    json_decref(reply);
+}
+
+static const char **request_headers(etcd *s, const char *buf[3], char *auth, size_t authlen)
+{
+    buf[0] = "Content-Type: application/json";
+    buf[1] = NULL;
+    buf[2] = NULL;
+    if (s->token) {
+        snprintf(auth, authlen, "Authorization: %s", s->token);
+        buf[1] = auth;
+    }
+    return buf;
+}
+
+static void call_send(call *c)
+{
+    etcd *s = c->s;
+    if (s->user && !s->token) {
+        c->waiting_auth = true;
+        auth_start(s);
+        return;
+    }
+    c->waiting_auth = false;
+    c->endpoint = s->current;
+    char url[600], auth[600];
+    const char *headers[3];
+    snprintf(url, sizeof url, "%s%s", s->endpoints[c->endpoint], c->path);
+    c->req = ls_http_send(s->http, "POST", url, request_headers(s, headers, auth, sizeof auth),
+                          c->body, strlen(c->body), s->timeout, call_done, c);
+    if (!c->req) {
+        /* libcurl refused to set it up: try again shortly */
+        struct timeval tv = {0, 200000};
+        evtimer_add(c->timer, &tv);
+    }
+}
+
+/* Sends body (taken) to path; fn(ctx, ...) once, unless call_cancel. */
+static call *call_start(etcd *s, const char *path, json_t *body, call_fn fn, void *ctx)
+{
+    call *c = calloc(1, sizeof *c);
+    c->s = s;
+    c->path = strdup(path);
+    c->body = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    c->fn = fn;
+    c->ctx = ctx;
+    c->timer = evtimer_new(ls_loop_base(), call_retry_cb, c);
+    c->next = s->calls;
+    if (c->next)
+        c->next->prev = c;
+    s->calls = c;
+    call_send(c);
+    return c;
+}
+
+static void call_cancel(call *c)
+{
+    if (c)
+        call_free(c);
+}
+
+/* ---- authentication ---- */
+
+static void stream_open(etcd *s);
+
+static void auth_done(void *arg, const ls_http_response *res)
+{
+    etcd *s = arg;
+    s->auth_req = NULL;
+    char err[512] = "";
+    json_t *reply = NULL;
+    if (res->error) {
+        endpoint_failed(s, s->current, res->error);
+        snprintf(err, sizeof err, "etcd: authentication as user '%s' failed: %s", s->user,
+                 res->error);
+    } else {
+        reply = json_loadb(res->body, res->len, 0, NULL);
+        const char *token = json_string_value(json_object_get(reply, "token"));
+        if (res->status == 200 && token && *token) {
+            free(s->token);
+            s->token = strdup(token);
+        } else {
+            const char *msg = json_string_value(json_object_get(reply, "error"));
+            snprintf(err, sizeof err, "etcd: authentication as user '%s' failed: %s", s->user,
+                     msg ? msg : "malformed reply");
+        }
+    }
+    json_decref(reply);
+    enter(s);
+    /* everyone who waited goes now, or fails with the reason */
+    for (call *c = s->calls; c; c = c->next) {
+        if (c->waiting_auth && s->token)
+            call_send(c); /* runs no callback */
+        else if (c->waiting_auth)
+            c->auth_failed = true;
+    }
+    /* a failure report may end other calls: look them up afresh each time */
+    for (;;) {
+        call *c = s->calls;
+        while (c && !c->auth_failed)
+            c = c->next;
+        if (!c)
+            break;
+        call_finish(c, NULL, err, res->sent_at);
+    }
+    if (s->stream_wants_auth && !s->closing) {
+        s->stream_wants_auth = false;
+        if (s->token) {
+            stream_open(s);
+        } else {
+            struct timeval tv = {1, 0};
+            evtimer_add(s->stream_timer, &tv);
+        }
+    }
+    leave(s);
+}
+
+static void auth_start(etcd *s)
+{
+    if (s->auth_req)
+        return;
+    json_t *body = json_pack("{s:s, s:s}", "name", s->user, "password", s->password);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    char url[600];
+    const char *headers[] = {"Content-Type: application/json", NULL};
+    snprintf(url, sizeof url, "%s/v3/auth/authenticate", s->endpoints[s->current]);
+    s->auth_req =
+        ls_http_send(s->http, "POST", url, headers, text, strlen(text), s->timeout, auth_done, s);
+    /* the body held the password: don't leave it in freed memory */
+    memset(text, 0, strlen(text));
+    free(text);
+}
+
+/* ---- the watch stream ---- */
+
+static watch **bucket_of(etcd *s, int64_t id) { return &s->buckets[(uint64_t)id % WATCH_BUCKETS]; }
+
+static watch *watch_find(etcd *s, int64_t id)
+{
+    for (watch *w = *bucket_of(s, id); w; w = w->bucket_next)
+        if (w->id == id)
+            return w;
+    return NULL;
+}
+
+static void stream_write_json(etcd *s, json_t *msg)
+{
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    size_t n = strlen(text);
+    text = realloc(text, n + 2);
+    text[n] = '\n';
+    ls_http_stream_write(s->stream, text, n + 1);
+    free(text);
+}
+
+static void watch_send_create(watch *w)
+{
+    etcd *s = w->s;
+    json_t *req = json_pack("{s:s, s:o, s:o}", "key", w->key, "start_revision", jnum(w->next_rev),
+                            "watch_id", jnum(w->id));
+    if (w->range_end)
+        json_object_set_new(req, "range_end", json_string(w->range_end));
+    if (w->noput)
+        json_object_set_new(req, "filters", json_pack("[s]", "NOPUT"));
+    stream_write_json(s, json_pack("{s:o}", "create_request", req));
+}
+
+static void stream_data(void *arg, const char *data, size_t len);
+static void stream_done(void *arg, const ls_http_response *res);
+
+static void stream_open(etcd *s)
+{
+    if (s->stream || s->closing)
+        return;
+    if (s->user && !s->token) {
+        s->stream_wants_auth = true;
+        auth_start(s);
+        return;
+    }
+    char url[600], auth[600];
+    const char *headers[3];
+    snprintf(url, sizeof url, "%s/v3/watch", s->endpoints[s->current]);
+    s->stream = ls_http_stream(s->watch_http, url, request_headers(s, headers, auth, sizeof auth),
+                               stream_data, stream_done, s);
+    s->inlen = 0;
+    if (!s->stream) {
+        struct timeval tv = {1, 0};
+        evtimer_add(s->stream_timer, &tv);
+        return;
+    }
+    for (size_t b = 0; b < WATCH_BUCKETS; b++)
+        for (watch *w = s->buckets[b]; w; w = w->bucket_next)
+            watch_send_create(w);
+}
+
+static void stream_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    etcd *s = arg;
+    enter(s);
+    stream_open(s);
+    leave(s);
+}
+
+/* The stream broke: every watch hears of it, and we reconnect. */
+static void stream_broken(etcd *s, const char *why)
+{
+    ls_http_cancel(s->stream);
+    s->stream = NULL;
+    s->inlen = 0;
+    if (s->closing)
+        return;
+    endpoint_failed(s, s->current, why);
+    s->stream_failures++;
+    ls_log(LS_WARN, "etcd: watch stream to %s broke: %s", host_of(s, s->current), why);
+    double delay = 0.05 * (1 << (s->stream_failures < 6 ? s->stream_failures : 6));
+    struct timeval tv = {(time_t)delay, (suseconds_t)((delay - (time_t)delay) * 1e6)};
+    evtimer_add(s->stream_timer, &tv);
+    char msg[600];
+    snprintf(msg, sizeof msg, "etcd: watch stream broke (%s); reconnecting", why);
+    /* copy the ids: a report may stop watches */
+    int64_t *ids = malloc((s->nwatches + 1) * sizeof *ids);
+    size_t n = 0;
+    for (size_t b = 0; b < WATCH_BUCKETS; b++)
+        for (watch *w = s->buckets[b]; w; w = w->bucket_next)
+            ids[n++] = w->id;
+    for (size_t i = 0; i < n; i++) {
+        watch *w = watch_find(s, ids[i]);
+        if (w && s->stream_failures > 1)
+            w->fn(w->ctx, WATCH_FAILED, NULL, msg);
+    }
+    free(ids);
+}
+
+static void stream_message(etcd *s, json_t *msg)
+{
+    json_t *result = json_object_get(msg, "result");
+    if (!json_is_object(result)) {
+        json_t *error = json_object_get(msg, "error");
+        const char *text = json_string_value(json_object_get(error, "message"));
+        char why[300];
+        snprintf(why, sizeof why, "%s", text ? text : "malformed message");
+        stream_broken(s, why);
+        return;
+    }
+    int64_t id, compact;
+    json_t *events = json_object_get(result, "events");
+    if (!jint(result, "watch_id", &id) || !jint(result, "compact_revision", &compact) ||
+        (events && !json_is_array(events))) {
+        stream_broken(s, "malformed watch response");
+        return;
+    }
+    s->stream_failures = 0;
+    watch *w = watch_find(s, id);
+    if (!w)
+        return; /* a watch we stopped, or one the server refused before it had an id */
+    if (json_is_true(json_object_get(result, "canceled"))) {
+        const char *reason = json_string_value(json_object_get(result, "cancel_reason"));
+        char err[300];
+        snprintf(err, sizeof err, "etcd: watch cancelled by the server: %s",
+                 reason ? reason : "no reason given");
+        if (compact > 0)
+            w->fn(w->ctx, WATCH_COMPACTED, NULL, NULL);
+        else
+            w->fn(w->ctx, WATCH_FAILED, NULL, err);
+        return;
+    }
+    size_t n = json_array_size(events);
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        int64_t mod;
+        if (!jint(json_object_get(json_array_get(events, i), "kv"), "mod_revision", &mod)) {
+            stream_broken(s, "malformed watch event");
+            return;
+        }
+        if (mod >= w->next_rev)
+            w->next_rev = mod + 1;
+    }
+    w->fn(w->ctx, WATCH_EVENTS, events, NULL);
+}
+
+static void stream_data(void *arg, const char *data, size_t len)
+{
+    etcd *s = arg;
+    enter(s);
+    s->in = realloc(s->in, s->inlen + len + 1);
+    memcpy(s->in + s->inlen, data, len);
+    s->inlen += len;
+    size_t off = 0;
+    ls_http_request *stream = s->stream;
+    while (off < s->inlen && s->stream == stream) {
+        json_error_t jerr;
+        json_t *msg = json_loadb(s->in + off, s->inlen - off, JSON_DISABLE_EOF_CHECK, &jerr);
+        if (!msg) {
+            if (json_error_code(&jerr) == json_error_premature_end_of_input)
+                break; /* the rest is on its way */
+            char why[300];
+            snprintf(why, sizeof why, "malformed JSON: %s", jerr.text);
+            stream_broken(s, why);
+            break;
+        }
+        off += (size_t)jerr.position;
+        stream_message(s, msg);
+        json_decref(msg);
+    }
+    if (s->stream == stream && off > 0) {
+        memmove(s->in, s->in + off, s->inlen - off);
+        s->inlen -= off;
+    }
+    leave(s);
+}
+
+static void stream_done(void *arg, const ls_http_response *res)
+{
+    etcd *s = arg;
+    s->stream = NULL;
+    enter(s);
+    char why[300];
+    if (res->error)
+        snprintf(why, sizeof why, "%s", res->error);
+    else
+        snprintf(why, sizeof why, "closed by the server (HTTP %ld)", res->status);
+    stream_broken(s, why);
+    leave(s);
+}
+
+static watch *watch_start(etcd *s, const char *key, const char *range_end, int64_t start_rev,
+                          bool noput, watch_fn fn, void *ctx)
+{
+    watch *w = calloc(1, sizeof *w);
+    w->s = s;
+    w->id = ++s->next_watch_id;
+    char *k = ls_base64_encode(key, strlen(key));
+    w->key = k;
+    w->range_end = range_end ? ls_base64_encode(range_end, strlen(range_end)) : NULL;
+    w->next_rev = start_rev;
+    w->noput = noput;
+    w->fn = fn;
+    w->ctx = ctx;
+    watch **b = bucket_of(s, w->id);
+    w->bucket_next = *b;
+    *b = w;
+    s->nwatches++;
+    if (s->stream)
+        watch_send_create(w);
+    else if (!evtimer_pending(s->stream_timer, NULL))
+        stream_open(s);
+    return w;
+}
+
+static void watch_stop(watch *w)
+{
+    if (!w)
+        return;
+    etcd *s = w->s;
+    watch **p = bucket_of(s, w->id);
+    while (*p != w)
+        p = &(*p)->bucket_next;
+    *p = w->bucket_next;
+    s->nwatches--;
+    if (s->stream)
+        stream_write_json(s, json_pack("{s:{s:o}}", "cancel_request", "watch_id", jnum(w->id)));
+    free(w->key);
+    free(w->range_end);
+    free(w);
+}
+
+/* ---- leases ---- */
+
+static void entry_campaign(entry *en);
+static void entry_fail(entry *en, const char *message);
+static void entry_create(entry *en);
+static void lease_keepalive(lease *l);
+static void lease_grant(lease *l);
+
+static void lease_schedule(lease *l, double seconds)
+{
+    if (seconds < 0)
+        seconds = 0;
+    struct timeval tv = {(time_t)seconds, (suseconds_t)((seconds - (time_t)seconds) * 1e6)};
+    evtimer_add(l->timer, &tv);
+}
+
+/* The entries on l now: a report may cancel any of them, which unlinks it
+ * (but frees it only later, see leave), so loops run over a copy. */
+static entry **lease_snapshot(lease *l, size_t *n)
+{
+    entry **list = malloc((l->users + 1) * sizeof *list);
+    *n = 0;
+    for (entry *en = l->entries; en; en = en->lease_next)
+        list[(*n)++] = en;
+    return list;
+}
+
+static void unwait(entry *en)
+{
+    if (en->state != E_WAIT_RELEASE)
+        return;
+    for (release *r = en->s->releases; r; r = r->next)
+        if (r->waiter == en)
+            r->waiter = NULL;
+}
+
+/* The lease is gone (expired or revoked): every candidate on it loses and
+ * starts over on a new one. */
+static void lease_dead(lease *l, const char *why)
+{
+    etcd *s = l->s;
+    ls_log(LS_WARN, "etcd: lease %" PRIx64 " (ttl %g s) is gone: %s", (uint64_t)l->id, l->ttl, why);
+    l->alive = false;
+    l->id = 0;
+    l->probe = false;
+    evtimer_del(l->timer);
+    call_cancel(l->call);
+    l->call = NULL;
+    enter(s);
+    size_t n;
+    entry **list = lease_snapshot(l, &n);
+    bool *led = calloc(n + 1, sizeof *led);
+    for (size_t i = 0; i < n; i++) {
+        entry *en = list[i];
+        led[i] = en->state == E_LEADER;
+        call_cancel(en->call);
+        en->call = NULL;
+        watch_stop(en->watch);
+        en->watch = NULL;
+        en->key_gone = false;
+        unwait(en);
+        en->state = E_WAIT_LEASE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        entry *en = list[i];
+        if (led[i] && !en->dead && en->state == E_WAIT_LEASE)
+            ls_election_lost(en->e, "session");
+    }
+    /* the reports may have cancelled some; the rest go again */
+    if (!s->closing && l->users > 0) {
+        lease_grant(l);
+    }
+    free(led);
+    free(list);
+    leave(s);
+}
+
+static void lease_granted(void *arg, json_t *reply, const char *err, double sent_at)
+{
+    lease *l = arg;
+    etcd *s = l->s;
+    l->call = NULL;
+    int64_t id = 0, ttl = 0;
+    char msg[600];
+    if (!err && (!jint(reply, "ID", &id) || !jint(reply, "TTL", &ttl) || id == 0 || ttl <= 0)) {
+        snprintf(msg, sizeof msg, "etcd: malformed reply to a lease grant");
+        err = msg;
+    }
+    size_t n;
+    entry **list = lease_snapshot(l, &n);
+    if (err) {
+        /* everyone waiting fails; the engine's backoff brings them back */
+        for (size_t i = 0; i < n; i++)
+            if (!list[i]->dead && list[i]->state == E_WAIT_LEASE)
+                entry_fail(list[i], err);
+        free(list);
+        return;
+    }
+    l->id = id;
+    l->alive = true;
+    l->valid_from = sent_at;
+    ls_log(LS_DEBUG, "etcd: lease %" PRIx64 " granted (ttl %" PRId64 " s)", (uint64_t)id, ttl);
+    lease_schedule(l, sent_at + l->ttl / 3 - ls_now());
+    for (size_t i = 0; i < n && !s->closing; i++)
+        if (!list[i]->dead && list[i]->state == E_WAIT_LEASE)
+            entry_campaign(list[i]);
+    free(list);
+}
+
+static void lease_grant(lease *l)
+{
+    if (l->call)
+        return;
+    json_t *body = json_pack("{s:I}", "TTL", (json_int_t)ceil(l->ttl));
+    l->call = call_start(l->s, "/v3/lease/grant", body, lease_granted, l);
+}
+
+static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at)
+{
+    lease *l = arg;
+    etcd *s = l->s;
+    l->call = NULL;
+    int64_t ttl = 0;
+    json_t *result = reply ? json_object_get(reply, "result") : NULL;
+    char msg[600];
+    if (!err && (!json_is_object(result) || !jint(result, "TTL", &ttl))) {
+        snprintf(msg, sizeof msg, "etcd: malformed reply to a lease keepalive");
+        err = msg;
+    }
+    if (err) {
+        ls_log(LS_WARN, "etcd: keepalive of lease %" PRIx64 " failed: %s", (uint64_t)l->id, err);
+        size_t n;
+        entry **list = lease_snapshot(l, &n);
+        for (size_t i = 0; i < n; i++)
+            if (!list[i]->dead && list[i]->state == E_LEADER)
+                ls_election_error(list[i]->e, err);
+        free(list);
+        /* again soon: the lease may still be saved */
+        lease_schedule(l, l->ttl / 10);
+        return;
+    }
+    if (ttl <= 0) {
+        lease_dead(l, "etcd no longer knows it (expired or revoked)");
+        return;
+    }
+    l->valid_from = sent_at;
+    if (l->probe)
+        lease_schedule(l, 0); /* someone asked after this one was sent */
+    else
+        lease_schedule(l, sent_at + l->ttl / 3 - ls_now());
+    size_t n;
+    entry **list = lease_snapshot(l, &n);
+    for (size_t i = 0; i < n && !s->closing; i++) {
+        entry *en = list[i];
+        if (en->dead || en->state != E_LEADER)
+            continue;
+        if (!en->key_gone) {
+            ls_election_renewed(en->e, sent_at);
+        } else if (sent_at > en->gone_at) {
+            /* the lease outlived our key: it was deleted behind our back */
+            en->key_gone = false;
+            watch_stop(en->watch);
+            en->watch = NULL;
+            en->state = E_WAIT_LEASE;
+            ls_election_lost(en->e, "deleted");
+            if (!en->dead)
+                entry_campaign(en);
+        }
+    }
+    free(list);
+}
+
+static void lease_keepalive(lease *l)
+{
+    if (l->call || !l->alive)
+        return;
+    l->probe = false;
+    json_t *body = json_pack("{s:o}", "ID", jnum(l->id));
+    l->call = call_start(l->s, "/v3/lease/keepalive", body, lease_kept, l);
+}
+
+static void lease_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    lease *l = arg;
+    enter(l->s);
+    lease_keepalive(l);
+    leave(l->s);
+}
+
+static void lease_free(lease *l)
+{
+    etcd *s = l->s;
+    for (lease **p = &s->leases; *p; p = &(*p)->next) {
+        if (*p == l) {
+            *p = l->next;
+            break;
+        }
+    }
+    call_cancel(l->call);
+    if (l->idle_armed)
+        bg_end(s);
+    event_free(l->timer);
+    event_free(l->idle);
+    free(l);
+}
+
+static void lease_revoked(void *arg, json_t *reply, const char *err, double sent_at)
+{
+    etcd *s = arg;
+    if (err)
+        ls_log(LS_WARN, "etcd: revoking a lease failed (it expires by itself): %s", err);
+    bg_end(s);
+}
+
+/* Nobody uses l: revoke it so its keys go at once, and forget it. */
+static void lease_retire(lease *l)
+{
+    etcd *s = l->s;
+    if (l->alive && l->id) {
+        bg_begin(s);
+        call_start(s, "/v3/lease/revoke", json_pack("{s:o}", "ID", jnum(l->id)), lease_revoked, s);
+    }
+    lease_free(l);
+}
+
+static void lease_idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    lease *l = arg;
+    etcd *s = l->s;
+    enter(s);
+    l->idle_armed = false;
+    bg_end(s);
+    if (l->users == 0)
+        lease_retire(l);
+    leave(s);
+}
+
+static lease *lease_attach(etcd *s, entry *en, double ttl)
+{
+    lease *l = s->leases;
+    while (l && l->ttl != ttl)
+        l = l->next;
+    if (!l) {
+        l = calloc(1, sizeof *l);
+        l->s = s;
+        l->ttl = ttl;
+        l->timer = evtimer_new(ls_loop_base(), lease_timer_cb, l);
+        l->idle = evtimer_new(ls_loop_base(), lease_idle_cb, l);
+        l->next = s->leases;
+        s->leases = l;
+    }
+    l->users++;
+    en->lease = l;
+    en->lease_next = l->entries;
+    if (en->lease_next)
+        en->lease_next->lease_prev = en;
+    l->entries = en;
+    return l;
+}
+
+static void lease_detach(entry *en)
+{
+    lease *l = en->lease;
+    if (!l)
+        return;
+    if (en->lease_prev)
+        en->lease_prev->lease_next = en->lease_next;
+    else
+        l->entries = en->lease_next;
+    if (en->lease_next)
+        en->lease_next->lease_prev = en->lease_prev;
+    en->lease = NULL;
+    en->lease_prev = en->lease_next = NULL;
+    if (--l->users == 0 && !l->idle_armed) {
+        /* a resign cancels and campaigns in one go: keep the lease if so */
+        struct timeval zero = {0, 0};
+        l->idle_armed = true;
+        bg_begin(l->s);
+        evtimer_add(l->idle, &zero);
+    }
+}
+
+/* ---- releases: deleting a cancelled candidate's key ---- */
+
+static release *release_find(etcd *s, const char *name)
+{
+    for (release *r = s->releases; r; r = r->next)
+        if (!strcmp(r->name, name))
+            return r;
+    return NULL;
+}
+
+static void release_delete(release *r);
+
+static void release_end(release *r)
+{
+    etcd *s = r->s;
+    for (release **p = &s->releases; *p; p = &(*p)->next) {
+        if (*p == r) {
+            *p = r->next;
+            break;
+        }
+    }
+    entry *waiter = r->waiter;
+    event_free(r->timer);
+    free(r->name);
+    free(r);
+    if (waiter && !waiter->dead && waiter->state == E_WAIT_RELEASE)
+        entry_create(waiter);
+    bg_end(s);
+}
+
+static void release_deleted(void *arg, json_t *reply, const char *err, double sent_at)
+{
+    release *r = arg;
+    r->call = NULL;
+    if (err && ++r->attempts < 5 && !r->s->closing) {
+        struct timeval tv = {0, 200000 * r->attempts};
+        evtimer_add(r->timer, &tv);
+        return;
+    }
+    if (err)
+        ls_log(LS_WARN, "etcd: could not delete key '%s' (it goes with its lease): %s", r->name,
+               err);
+    release_end(r);
+}
+
+static void release_delete(release *r)
+{
+    r->call = call_start(r->s, "/v3/kv/deleterange", json_pack("{s:o}", "key", jb64s(r->name)),
+                         release_deleted, r);
+}
+
+static void release_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    release *r = arg;
+    enter(r->s);
+    release_delete(r);
+    leave(r->s);
+}
+
+/* The create txn of a cancelled candidate finished: now delete its key,
+ * which that txn may or may not have made. */
+static void release_after_create(void *arg, json_t *reply, const char *err, double sent_at)
+{
+    release *r = arg;
+    r->call = NULL;
+    release_delete(r);
+}
+
+/* Starts deleting name. If `pending` (a create of that key in flight) is
+ * given, the deletion waits for it, so the two cannot pass each other on
+ * different connections. */
+static void release_start(etcd *s, const char *name, call *pending)
+{
+    release *r = calloc(1, sizeof *r);
+    r->s = s;
+    r->name = strdup(name);
+    r->timer = evtimer_new(ls_loop_base(), release_timer_cb, r);
+    r->next = s->releases;
+    s->releases = r;
+    bg_begin(s);
+    if (pending) {
+        pending->fn = release_after_create;
+        pending->ctx = r;
+        r->call = pending;
+    } else {
+        release_delete(r);
+    }
+}
+
+/* ---- elections ---- */
+
+static void report_leader(entry *en, const kv *leader)
+{
+    if (leader)
+        ls_election_leader(en->e, leader->value, leader->value_len, (uint64_t)leader->create_rev);
+    else
+        ls_election_leader(en->e, NULL, 0, 0);
+}
+
+static void entry_unlink(entry *en)
+{
+    etcd *s = en->s;
+    if (en->prev)
+        en->prev->next = en->next;
+    else if (s->entries == en)
+        s->entries = en->next;
+    if (en->next)
+        en->next->prev = en->prev;
+    en->prev = en->next = NULL;
+}
+
+/* Ends en without any further report; its key, if it may have one, is
+ * deleted in the background. */
+static void entry_end(entry *en)
+{
+    etcd *s = en->s;
+    if (en->dead)
+        return;
+    en->dead = true;
+    if (en->e)
+        ls_election_view(en->e)->backend_data = NULL;
+    en->e = NULL;
+    watch_stop(en->watch);
+    en->watch = NULL;
+    if (en->candidate && en->name && en->lease && en->lease->alive) {
+        if (en->state == E_CREATING)
+            release_start(s, en->name, en->call); /* takes the call over */
+        else if (en->state == E_CHECKING || en->state == E_WAITING || en->state == E_LEADER)
+            release_start(s, en->name, NULL);
+        if (en->state == E_CREATING)
+            en->call = NULL;
+    }
+    call_cancel(en->call);
+    en->call = NULL;
+    unwait(en);
+    lease_detach(en);
+    entry_unlink(en);
+    en->grave_next = s->graveyard;
+    s->graveyard = en;
+}
+
+static void entry_free(entry *en)
+{
+    free(en->prefix);
+    free(en->name);
+    free(en->leader_key);
+    free(en);
+}
+
+/* The attempt is over: the engine backs off and comes back. */
+static void entry_fail(entry *en, const char *message)
+{
+    ls_election *e = en->e;
+    enter(en->s);
+    entry_end(en);
+    if (e)
+        ls_election_failed(e, message);
+    leave(en->s);
+}
+
+static void entry_fail_malformed(entry *en, const char *what)
+{
+    char msg[300];
+    snprintf(msg, sizeof msg, "etcd: malformed reply to %s", what);
+    entry_fail(en, msg);
+}
+
+static void entry_check(entry *en);
+
+/* A leader's key is gone: the lease decides whether that was the lease
+ * ("session") or someone deleting it ("deleted"), by a keepalive sent
+ * from now on. Until then no renewal counts for it. */
+static void key_gone(entry *en)
+{
+    lease *l = en->lease;
+    en->key_gone = true;
+    en->gone_at = ls_now();
+    if (l->call)
+        l->probe = true;
+    else
+        lease_keepalive(l);
+}
+
+static void leader_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
+{
+    entry *en = ctx;
+    if (en->dead)
+        return;
+    if (kind == WATCH_FAILED) {
+        ls_election_error(en->e, err);
+        return;
+    }
+    /* deleted, or history compacted past our start: either way, ask the
+     * lease whether it lives; if so, our key is gone */
+    if (kind == WATCH_EVENTS) {
+        bool deleted = false;
+        for (size_t i = 0; i < json_array_size(events); i++) {
+            const char *type =
+                json_string_value(json_object_get(json_array_get(events, i), "type"));
+            if (type && !strcmp(type, "DELETE"))
+                deleted = true;
+        }
+        if (!deleted)
+            return;
+        key_gone(en);
+    } else {
+        watch_stop(en->watch);
+        en->watch = NULL;
+        entry_check(en);
+    }
+}
+
+static void predecessor_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
+{
+    entry *en = ctx;
+    if (en->dead)
+        return;
+    if (kind == WATCH_FAILED) {
+        ls_election_error(en->e, err);
+        return;
+    }
+    watch_stop(en->watch);
+    en->watch = NULL;
+    entry_check(en);
+}
+
+/* We know our place: lead if nobody is before us, else watch the one key
+ * just before ours. `at` is the revision the answer was read at. */
+static void entry_decide(entry *en, const kv *leader, const kv *pred, int64_t at)
+{
+    if (!pred) {
+        en->state = E_LEADER;
+        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, leader_watch_cb, en);
+        /* the key lives only as long as the lease, which was last proven
+         * alive by the keepalive sent at valid_from */
+        ls_election_acquired(en->e, (uint64_t)en->rev, en->lease->valid_from);
+        return;
+    }
+    en->state = E_WAITING;
+    char *pred_key = strndup(pred->key, pred->key_len);
+    en->watch = watch_start(en->s, pred_key, NULL, at + 1, true, predecessor_watch_cb, en);
+    free(pred_key);
+    report_leader(en, leader);
+}
+
+static void entry_checked(void *ctx, json_t *reply, const char *err, double sent_at)
+{
+    entry *en = ctx;
+    en->call = NULL;
+    if (err) {
+        entry_fail(en, err);
+        return;
+    }
+    int64_t at;
+    json_t *ok = json_object_get(reply, "succeeded");
+    if (!header_revision(reply, &at)) {
+        entry_fail_malformed(en, "a txn");
+        return;
+    }
+    if (!json_is_true(ok) && en->state == E_LEADER) {
+        key_gone(en);
+        return;
+    }
+    if (!json_is_true(ok)) {
+        /* our key is gone (deleted, or with its lease): start over */
+        entry_campaign(en);
+        return;
+    }
+    if (en->state == E_LEADER) {
+        /* a leader re-checking after a compaction: still ours */
+        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, leader_watch_cb, en);
+        return;
+    }
+    kv pred, leader;
+    int has_pred = txn_kv(reply, 0, 0, &pred);
+    int has_leader = has_pred < 0 ? -1 : txn_kv(reply, 1, 0, &leader);
+    if (has_pred < 0 || has_leader < 0) {
+        if (has_pred > 0)
+            kv_free(&pred);
+        entry_fail_malformed(en, "a txn");
+        return;
+    }
+    entry_decide(en, has_leader ? &leader : NULL, has_pred ? &pred : NULL, at);
+    if (has_pred)
+        kv_free(&pred);
+    if (has_leader)
+        kv_free(&leader);
+}
+
+/* Is our key still there, and who is before us? */
+static void entry_check(entry *en)
+{
+    if (en->state != E_LEADER)
+        en->state = E_CHECKING;
+    json_t *cmp = json_pack("[{s:o, s:s, s:s, s:o}]", "key", jb64s(en->name), "target", "CREATE",
+                            "result", "EQUAL", "create_revision", jnum(en->rev));
+    json_t *success = en->state == E_LEADER
+                          ? json_array()
+                          : json_pack("[o, o]", range_op(en->prefix, true, 1, en->rev - 1),
+                                      range_op(en->prefix, false, 1, 0));
+    json_t *body = json_pack("{s:o, s:o}", "compare", cmp, "success", success);
+    en->call = call_start(en->s, "/v3/kv/txn", body, entry_checked, en);
+}
+
+static void entry_created(void *ctx, json_t *reply, const char *err, double sent_at)
+{
+    entry *en = ctx;
+    en->call = NULL;
+    if (err) {
+        if (strstr(err, "requested lease not found")) {
+            lease_dead(en->lease, "a put under it was refused");
+            return;
+        }
+        entry_fail(en, err);
+        return;
+    }
+    int64_t at;
+    if (!header_revision(reply, &at)) {
+        entry_fail_malformed(en, "a txn");
+        return;
+    }
+    if (!json_is_true(json_object_get(reply, "succeeded"))) {
+        /* the key exists: ours from an earlier attempt (the name holds our
+         * lease id) if its lease is ours; then keep its place */
+        kv mine;
+        int found = txn_kv(reply, 0, 0, &mine);
+        if (found < 0) {
+            entry_fail_malformed(en, "a txn");
+            return;
+        }
+        if (found == 0) {
+            entry_create(en); /* gone again meanwhile */
+            return;
+        }
+        bool ours = mine.lease == en->lease->id;
+        en->rev = mine.create_rev;
+        kv_free(&mine);
+        if (!ours) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "etcd: key '%s' exists under another lease", en->name);
+            entry_fail(en, msg);
+            return;
+        }
+        entry_check(en);
+        return;
+    }
+    en->rev = at;
+    kv leader, me, pred;
+    int has_leader = txn_kv(reply, 1, 0, &leader);
+    int has_me = has_leader < 0 ? -1 : txn_kv(reply, 2, 0, &me);
+    int has_pred = has_me < 0 ? -1 : txn_kv(reply, 2, 1, &pred);
+    if (has_leader <= 0 || has_me <= 0 || has_pred < 0 || me.create_rev != at) {
+        if (has_leader > 0)
+            kv_free(&leader);
+        if (has_me > 0)
+            kv_free(&me);
+        if (has_pred > 0)
+            kv_free(&pred);
+        en->state = E_CHECKING; /* the key may exist: entry_fail deletes it */
+        entry_fail_malformed(en, "a create txn");
+        return;
+    }
+    entry_decide(en, &leader, has_pred ? &pred : NULL, at);
+    kv_free(&leader);
+    kv_free(&me);
+    if (has_pred)
+        kv_free(&pred);
+}
+
+/* Creates our key unless it exists, and reads who leads and who is just
+ * before us, in one txn. */
+static void entry_create(entry *en)
+{
+    en->state = E_CREATING;
+    lease *l = en->lease;
+    json_t *cmp = json_pack("[{s:o, s:s, s:s, s:s}]", "key", jb64s(en->name), "target", "CREATE",
+                            "result", "EQUAL", "create_revision", "0");
+    struct ls_election_view *v = ls_election_view(en->e);
+    json_t *put = json_pack("{s:{s:o, s:o, s:o}}", "request_put", "key", jb64s(en->name), "value",
+                            jb64(v->value, v->value_len), "lease", jnum(l->id));
+    json_t *success = json_pack("[o, o, o]", put, range_op(en->prefix, false, 1, 0),
+                                range_op(en->prefix, true, 2, 0));
+    json_t *failure = json_pack("[{s:{s:o}}, o]", "request_range", "key", jb64s(en->name),
+                                range_op(en->prefix, false, 1, 0));
+    json_t *body =
+        json_pack("{s:o, s:o, s:o}", "compare", cmp, "success", success, "failure", failure);
+    en->call = call_start(en->s, "/v3/kv/txn", body, entry_created, en);
+}
+
+/* Picks our key's name under the current lease and creates it, once any
+ * deletion of that name still in flight is done. */
+static void entry_campaign(entry *en)
+{
+    etcd *s = en->s;
+    lease *l = en->lease;
+    if (!l->alive) {
+        en->state = E_WAIT_LEASE;
+        lease_grant(l);
+        return;
+    }
+    char base[600], name[640];
+    snprintf(base, sizeof base, "%s%" PRIx64, en->prefix, (uint64_t)l->id);
+    free(en->name);
+    en->name = NULL;
+    release *r = NULL;
+    /* two elections of one store on one key share the lease: ".n" tells
+     * their keys apart */
+    for (unsigned n = 0;; n++) {
+        if (n == 0)
+            snprintf(name, sizeof name, "%s", base);
+        else
+            snprintf(name, sizeof name, "%s.%u", base, n);
+        bool taken = false;
+        for (entry *o = s->entries; o && !taken; o = o->next)
+            taken = o != en && o->name && !strcmp(o->name, name);
+        r = release_find(s, name);
+        if (!taken && !(r && r->waiter))
+            break;
+    }
+    en->name = strdup(name);
+    if (r) {
+        en->state = E_WAIT_RELEASE;
+        r->waiter = en;
+        return;
+    }
+    entry_create(en);
+}
+
+/* ---- followers ---- */
+
+static void entry_read(entry *en);
+
+static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
+{
+    entry *en = ctx;
+    if (en->dead)
+        return;
+    if (kind == WATCH_FAILED) {
+        ls_election_error(en->e, err);
+        return;
+    }
+    if (kind == WATCH_COMPACTED) {
+        /* events were lost: read everything again (etcd issue 18163) */
+        watch_stop(en->watch);
+        en->watch = NULL;
+        entry_read(en);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(events); i++) {
+        json_t *ev = json_array_get(events, i);
+        const char *type = json_string_value(json_object_get(ev, "type"));
+        kv k;
+        if (!kv_parse(json_object_get(ev, "kv"), &k)) {
+            ls_election_error(en->e, "etcd: malformed watch event; reading again");
+            watch_stop(en->watch);
+            en->watch = NULL;
+            entry_read(en);
+            return;
+        }
+        bool is_leader = en->leader_key && strlen(en->leader_key) == k.key_len &&
+                         !memcmp(en->leader_key, k.key, k.key_len);
+        bool deleted = type && !strcmp(type, "DELETE");
+        if (deleted && is_leader) {
+            /* who is next is not in the event: read it (at once, the watch
+             * goes on from the read's revision) */
+            kv_free(&k);
+            watch_stop(en->watch);
+            en->watch = NULL;
+            entry_read(en);
+            return;
+        }
+        if (!deleted && (is_leader || !en->leader_key)) {
+            /* a new value of the leader, or the first key after vacancy */
+            free(en->leader_key);
+            en->leader_key = strndup(k.key, k.key_len);
+            report_leader(en, &k);
+            if (en->dead) {
+                kv_free(&k);
+                return;
+            }
+        }
+        kv_free(&k);
+    }
+}
+
+static void entry_read_done(void *ctx, json_t *reply, const char *err, double sent_at)
+{
+    entry *en = ctx;
+    en->call = NULL;
+    if (err) {
+        entry_fail(en, err);
+        return;
+    }
+    int64_t at;
+    json_t *kvs = json_object_get(reply, "kvs");
+    kv leader;
+    if (!header_revision(reply, &at) || (kvs && !json_is_array(kvs)) ||
+        (json_array_size(kvs) > 0 && !kv_parse(json_array_get(kvs, 0), &leader))) {
+        entry_fail_malformed(en, "a range");
+        return;
+    }
+    bool found = json_array_size(kvs) > 0;
+    free(en->leader_key);
+    en->leader_key = found ? strndup(leader.key, leader.key_len) : NULL;
+    en->state = E_FOLLOWING;
+    char *end = prefix_end(en->prefix);
+    en->watch = watch_start(en->s, en->prefix, end, at + 1, false, follower_watch_cb, en);
+    free(end);
+    report_leader(en, found ? &leader : NULL);
+    if (found)
+        kv_free(&leader);
+}
+
+static void entry_read(entry *en)
+{
+    en->state = E_READING;
+    en->call =
+        call_start(en->s, "/v3/kv/range", range_body(en->prefix, false, 1, 0), entry_read_done, en);
+}
+
+/* ---- the vtable ---- */
+
+static entry *entry_new(etcd *s, ls_election *e)
+{
+    entry *en = calloc(1, sizeof *en);
+    struct ls_election_view *v = ls_election_view(e);
+    en->s = s;
+    en->e = e;
+    en->candidate = v->candidate;
+    size_t n = strlen(v->key);
+    en->prefix = malloc(n + 2);
+    memcpy(en->prefix, v->key, n);
+    en->prefix[n] = '/';
+    en->prefix[n + 1] = '\0';
+    en->next = s->entries;
+    if (en->next)
+        en->next->prev = en;
+    s->entries = en;
+    v->backend_data = en;
+    return en;
+}
+
+static void etcd_campaign(ls_store *store, ls_election *e)
+{
+    etcd *s = store->impl;
+    enter(s);
+    entry *en = entry_new(s, e);
+    lease_attach(s, en, ls_election_view(e)->ttl);
+    entry_campaign(en);
+    leave(s);
+}
+
+static void etcd_follow(ls_store *store, ls_election *e)
+{
+    etcd *s = store->impl;
+    enter(s);
+    entry_read(entry_new(s, e));
+    leave(s);
+}
+
+static void etcd_cancel(ls_store *store, ls_election *e)
+{
+    etcd *s = store->impl;
+    entry *en = ls_election_view(e)->backend_data;
+    if (!en)
+        return;
+    enter(s);
+    entry_end(en);
+    leave(s);
+}
+
+static void etcd_free(etcd *s)
+{
+    while (s->calls)
+        call_free(s->calls);
+    while (s->releases) {
+        release *r = s->releases;
+        s->releases = r->next;
+        event_free(r->timer);
+        free(r->name);
+        free(r);
+        bg_end(s);
+    }
+    while (s->leases)
+        lease_free(s->leases);
+    for (size_t b = 0; b < WATCH_BUCKETS; b++)
+        while (s->buckets[b])
+            watch_stop(s->buckets[b]);
+    ls_http_cancel(s->stream);
+    ls_http_cancel(s->auth_req);
+    ls_http_free(s->http);
+    ls_http_free(s->watch_http);
+    if (s->stream_timer)
+        event_free(s->stream_timer);
+    for (size_t i = 0; i < s->nendpoints; i++)
+        free(s->endpoints[i]);
+    free(s->endpoints);
+    free(s->user);
+    if (s->password)
+        memset(s->password, 0, strlen(s->password));
+    free(s->password);
+    free(s->token);
+    free(s->in);
+    free(s);
+}
+
+/* The outermost callback of ours is returning: free what died meanwhile,
+ * and finish a close. */
+static void leave(etcd *s)
+{
+    if (--s->depth > 0)
+        return;
+    while (s->graveyard) {
+        entry *en = s->graveyard;
+        s->graveyard = en->grave_next;
+        entry_free(en);
+    }
+    if (s->closing && !s->closed) {
+        s->closed = true;
+        s->depth++;
+        /* no election is left: leases still waiting for their idle check
+         * are revoked now; revokes and deletions in flight finish */
+        while (s->leases)
+            lease_retire(s->leases);
+        ls_http_cancel(s->stream);
+        s->stream = NULL;
+        evtimer_del(s->stream_timer);
+        s->depth--;
+    }
+    if (s->closed && s->background == 0)
+        etcd_free(s);
+}
+
+static void etcd_close(ls_store *store)
+{
+    etcd *s = store->impl;
+    store->impl = NULL;
+    enter(s);
+    s->closing = true;
+    leave(s);
+}
+
+static const char *const known_options[] = {"tls.ca",        "tls.cert", "tls.key", "auth.username",
+                                            "auth.password", "timeout",  NULL};
+
+static int etcd_open(ls_store *store, const ls_store_config *cfg, char *err, size_t errlen)
+{
+    if (ls_config_check(cfg, known_options, err, errlen) < 0)
+        return -1;
+    const char *ca = ls_config_get(cfg, "tls.ca"), *cert = ls_config_get(cfg, "tls.cert"),
+               *key = ls_config_get(cfg, "tls.key");
+    const char *user = ls_config_get(cfg, "auth.username"),
+               *password = ls_config_get(cfg, "auth.password");
+    if ((cert != NULL) != (key != NULL)) {
+        snprintf(err, errlen, "etcd store '%s': tls.cert and tls.key go together", cfg->redacted);
+        return -1;
+    }
+    char *from_url_user = NULL, *from_url_password = NULL;
+    if (cfg->userinfo) {
+        const char *colon = strchr(cfg->userinfo, ':');
+        from_url_user =
+            colon ? strndup(cfg->userinfo, (size_t)(colon - cfg->userinfo)) : strdup(cfg->userinfo);
+        from_url_password = strdup(colon ? colon + 1 : "");
+    }
+    if (!user)
+        user = from_url_user;
+    if (!password)
+        password = from_url_password;
+    if (password && !user) {
+        snprintf(err, errlen, "etcd store '%s': auth.password needs auth.username", cfg->redacted);
+        free(from_url_user);
+        free(from_url_password);
+        return -1;
+    }
+    ls_http_options opts = {.ca = ca,
+                            .cert = cert,
+                            .key = key,
+                            .max_host_connections = UNARY_CONNECTIONS,
+                            .connect_timeout = cfg->timeout};
+    ls_http *http = ls_http_new(&opts, err, errlen);
+    opts.max_host_connections = 1;
+    ls_http *watch_http = http ? ls_http_new(&opts, err, errlen) : NULL;
+    if (!watch_http) {
+        ls_http_free(http);
+        free(from_url_user);
+        free(from_url_password);
+        return -1;
+    }
+    etcd *s = calloc(1, sizeof *s);
+    s->store = store;
+    s->http = http;
+    s->watch_http = watch_http;
+    s->timeout = cfg->timeout;
+    s->user = user ? strdup(user) : NULL;
+    s->password = user ? strdup(password ? password : "") : NULL;
+    free(from_url_user);
+    free(from_url_password);
+    bool tls = ca || cert;
+    s->endpoints = calloc(cfg->nhosts, sizeof *s->endpoints);
+    for (size_t i = 0; i < cfg->nhosts; i++) {
+        size_t n = strlen(cfg->hosts[i]) + 16;
+        s->endpoints[i] = malloc(n);
+        snprintf(s->endpoints[i], n, "%s://%s", tls ? "https" : "http", cfg->hosts[i]);
+    }
+    s->nendpoints = cfg->nhosts;
+    s->stream_timer = evtimer_new(ls_loop_base(), stream_timer_cb, s);
+    store->impl = s;
+    return 0;
+}
+
+const ls_backend ls_backend_etcd = {
+    .scheme = "etcd",
+    .min_ttl = 2, /* etcd raises shorter lease ttls to about this anyway */
+    .max_ttl = 9e9,
+    .open = etcd_open,
+    .campaign = etcd_campaign,
+    .follow = etcd_follow,
+    .cancel = etcd_cancel,
+    .close = etcd_close,
+    .inject = NULL,
+};

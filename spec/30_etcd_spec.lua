@@ -1,0 +1,449 @@
+-- The etcd backend against real etcd servers (Debian's etcd-server),
+-- started here on 127.0.0.1: one member for the in-process and process
+-- specs, three for failover, and ones with TLS and authentication.
+local L = require "leadership"
+local E = require "etcd"
+local C = require "cluster"
+
+local have = H.have("etcd", pending) and H.have("etcdctl", pending)
+
+local key_count = 0
+local function new_key()
+  key_count = key_count + 1
+  return ("spec/etcd/%d-%d/%d"):format(os.time(), math.random(1e6), key_count)
+end
+
+-- Records handler calls as strings: "a elected 7", "b sees a 7", ...
+local function recorder()
+  local log = {}
+  return log, function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    log[#log + 1] = table.concat(parts, " ")
+  end
+end
+
+local function find(log, pattern, from)
+  for i = from or 1, #log do
+    if log[i]:match(pattern) then return i, log[i] end
+  end
+end
+
+local function count(log, pattern)
+  local n = 0
+  for _, line in ipairs(log) do if line:match(pattern) then n = n + 1 end end
+  return n
+end
+
+local function candidate(store, key, name, record, ttl)
+  local c = L.candidate(store, key, name, { ttl = ttl or 3 })
+  c.on_elected = function(_, term) record(name, "elected", term) end
+  c.on_lost = function(_, reason) record(name, "lost", reason) end
+  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
+  c.on_error = function(_, err) record(name, "error", err) end
+  return c
+end
+
+local function follower(store, key, name, record)
+  local f = L.follower(store, key)
+  f.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
+  f.on_error = function(_, err) record(name, "error", err) end
+  return f
+end
+
+-- Runs the loop until fn() is truthy or `timeout` seconds pass.
+local function loop_until(fn, timeout)
+  local deadline = L.now() + timeout
+  while not fn() and L.now() < deadline do L.sleep(0.01) end
+  return fn()
+end
+
+local function leak_check()
+  L.run(5)
+  collectgarbage()
+  collectgarbage()
+  L.run(2)
+  assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+end
+
+-- Established TCP connections from this process to 127.0.0.1:port.
+local function my_connections(port)
+  local stat = H.read("/proc/self/stat")
+  local pid = stat:match("^(%d+)")
+  local out = H.sh(("ss -Htnp state established '( dport = :%d )' 2>/dev/null"):format(port))
+  local n = 0
+  for line in out:gmatch("[^\n]+") do
+    if line:find("pid=" .. pid .. ",", 1, true) then n = n + 1 end
+  end
+  return n
+end
+
+describe("etcd store", function()
+  if not have then return end
+  local srv
+  setup(function() srv = E.start() end)
+  teardown(function() if srv then srv:stop() end end)
+
+  describe("in one process", function()
+    after_each(leak_check)
+
+    it("elects one, tells the others and a follower; the term is the key's create_revision", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local f = follower(s, key, "f", record)
+      f:run()
+      assert.truthy(loop_until(function() return find(log, "^f sees nil") end, 3), table.concat(log, "\n"))
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      local b = candidate(s, key, "b", record)
+      b:run()
+      local term = a:term()
+      assert.truthy(loop_until(function()
+        return find(log, "^b sees a " .. term .. "$") and find(log, "^f sees a " .. term .. "$")
+      end, 3), table.concat(log, "\n"))
+      assert.is_false(b:is_leader())
+      assert.equal("a", (f:leader()))
+      -- the queue in etcd: a's key first, named by the lease, holding the value
+      local keys = srv:keys(key .. "/")
+      assert.equal(2, #keys)
+      assert.equal("a", keys[1].value)
+      assert.equal("b", keys[2].value)
+      assert.equal(term, tonumber(keys[1].create_revision))
+      assert.matches("^" .. key:gsub("%p", "%%%0") .. "/%x+$", keys[1].key)
+      -- one store, one lease: both keys carry it
+      assert.equal(keys[1].lease, keys[2].lease)
+      a:stop()
+      assert.truthy(loop_until(function() return b:is_leader() end, 3), table.concat(log, "\n"))
+      assert.truthy(b:term() > term)
+      assert.truthy(loop_until(function() return find(log, "^f sees b " .. b:term() .. "$") end, 3))
+      b:stop()
+      assert.truthy(loop_until(function() return find(log, "^f sees nil", find(log, "^f sees b")) end, 3),
+        table.concat(log, "\n"))
+      f:stop(); s:close()
+    end)
+
+    it("renews one lease per store and ttl for all its elections", function()
+      local s = assert(L.store(srv.url))
+      local log, record = recorder()
+      local cs = {}
+      for i = 1, 3 do
+        cs[i] = candidate(s, new_key(), "c" .. i, record, 2)
+        cs[i]:run()
+      end
+      -- another ttl: another lease
+      local other = candidate(s, new_key(), "o", record, 4)
+      other:run()
+      assert.truthy(loop_until(function()
+        return cs[1]:is_leader() and cs[2]:is_leader() and cs[3]:is_leader() and other:is_leader()
+      end, 3), table.concat(log, "\n"))
+      assert.equal(2, #srv:leases())
+      L.sleep(4.5) -- over two ttls
+      for i = 1, 3 do
+        assert.is_true(cs[i]:is_leader())
+        local stats = cs[i]:stats()
+        assert.truthy(stats.renewals >= 5, "renewals: " .. tostring(stats.renewals))
+      end
+      assert.equal(0, count(log, " lost "), table.concat(log, "\n"))
+      assert.equal(0, count(log, " error "), table.concat(log, "\n"))
+      for i = 1, 3 do cs[i]:stop() end
+      other:stop()
+      -- the last user gone: the leases are revoked, not left to expire
+      assert.truthy(loop_until(function() return #srv:leases() == 0 end, 2), srv:ctl("lease", "list"))
+      s:close()
+    end)
+
+    it("fair queue: leaders follow creation order; a resign wakes only the successor", function()
+      local key = new_key()
+      local log, record = recorder()
+      local stores, cs = {}, {}
+      for i = 1, 5 do
+        stores[i] = assert(L.store(srv.url))
+        cs[i] = candidate(stores[i], key, "c" .. i, record)
+        cs[i]:run()
+        -- each queues only after the one before it
+        assert.truthy(loop_until(function() return #srv:keys(key .. "/") == i end, 3))
+      end
+      assert.truthy(loop_until(function() return cs[1]:is_leader() end, 3))
+      L.sleep(0.2)
+      for round = 1, 4 do
+        local mark = #log
+        cs[round]:resign()
+        assert.truthy(loop_until(function() return cs[round + 1]:is_leader() end, 3),
+          table.concat(log, "\n"))
+        L.sleep(0.3)
+        -- who heard anything: the one who resigned and its successor only
+        local heard = {}
+        for i = mark + 1, #log do heard[log[i]:match("^(%S+)")] = true end
+        for i = round + 2, 5 do
+          assert.is_nil(heard["c" .. i], ("c%d woke up when c%d resigned:\n%s"):format(
+            i, round, table.concat(log, "\n", mark + 1)))
+        end
+        assert.truthy(heard["c" .. (round + 1)])
+      end
+      -- the order of terms is the order of creation
+      local terms = {}
+      for _, line in ipairs(log) do
+        local who, term = line:match("^(c%d) elected (%d+)$")
+        if who then terms[#terms + 1] = { who = who, term = tonumber(term) } end
+      end
+      for i = 1, 5 do assert.equal("c" .. i, terms[i].who) end
+      for i = 2, #terms do assert.truthy(terms[i].term > terms[i - 1].term) end
+      for i = 1, 5 do cs[i]:stop(); stores[i]:close() end
+    end)
+
+    it("a lease revoked behind our back: lost 'session', elected again on a new lease", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 5)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3))
+      local first = a:term()
+      local leases = srv:leases()
+      assert.equal(1, #leases)
+      assert.matches("revoked", srv:ctl("lease", "revoke", leases[1]))
+      assert.truthy(loop_until(function() return find(log, "^a lost session$") end, 3), table.concat(log, "\n"))
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      assert.truthy(a:term() > first)
+      local now = srv:leases()
+      assert.equal(1, #now)
+      assert.not_equal(leases[1], now[1])
+      a:stop(); s:close()
+    end)
+
+    it("a key deleted behind our back: lost 'deleted', elected again", function()
+      local s = assert(L.store(srv.url))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record, 5)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3))
+      local first = a:term()
+      assert.matches("1", srv:ctl("del", "--prefix", key .. "/"))
+      assert.truthy(loop_until(function() return find(log, "^a lost deleted$") end, 3), table.concat(log, "\n"))
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      assert.truthy(a:term() > first)
+      assert.is_nil(find(log, "session"))
+      a:stop(); s:close()
+    end)
+
+    it("1,000 elections in one process: all elected over at most 4 connections", function()
+      local s = assert(L.store(srv.url))
+      local port = tonumber(srv.url:match(":(%d+)$"))
+      local cs = {}
+      local elected = 0
+      local t0 = L.now()
+      for i = 1, 1000 do
+        local c = L.candidate(s, new_key(), "n" .. i, { ttl = 5 })
+        c.on_elected = function() elected = elected + 1 end
+        c.on_error = function(_, err) io.stderr:write("error: ", tostring(err), "\n") end
+        c:run()
+        cs[i] = c
+      end
+      local most = 0
+      assert.truthy(loop_until(function()
+        most = math.max(most, my_connections(port))
+        return elected == 1000
+      end, 30), "elected: " .. elected)
+      local took = L.now() - t0
+      for _ = 1, 5 do -- renewals running
+        L.sleep(0.4)
+        most = math.max(most, my_connections(port))
+      end
+      io.stderr:write(("\n[etcd] 1000 elections: all elected in %.2f s, at most %d TCP connections\n")
+        :format(took, most))
+      assert.truthy(most >= 1 and most <= 4, "connections: " .. most)
+      for i = 1, 1000 do assert.is_true(cs[i]:is_leader()) end
+      assert.equal(1, #srv:leases())
+      for i = 1, 1000 do cs[i]:stop() end
+      cs = nil
+      s:close()
+      assert.truthy(loop_until(function() return #srv:leases() == 0 end, 5))
+    end)
+
+    it("rejects unknown options and half a client certificate", function()
+      local s, err = L.store(srv.url, { tls = { ca = "/x", cert = "/y" } })
+      assert.is_nil(s)
+      assert.matches("tls.cert and tls.key", err)
+      -- a misspelt option is a bad argument: it raises, with a hint
+      local ok
+      ok, err = pcall(L.store, srv.url .. "?timout=3")
+      assert.is_false(ok)
+      assert.matches("'timout'.*did you mean 'timeout'", err)
+      ok, err = pcall(L.store, srv.url, { tls = { cafile = "/x" } })
+      assert.is_false(ok)
+      assert.matches("'tls.cafile'", err)
+    end)
+  end)
+
+  describe("with garbage from the server", function()
+    after_each(leak_check)
+    local have_python = H.have("python3", pending)
+
+    for _, mode in ipairs({ "badjson", "types", "http500", "hangup" }) do
+      it("turns '" .. mode .. "' into errors and retries, never crashes", function()
+        if not have_python then return end
+        local port = H.free_port()
+        local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), mode })
+        finally(function() H.signal(proc, "KILL") end)
+        assert.truthy(H.wait_until(function()
+          return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+        end, 5))
+        local s = assert(L.store("etcd://127.0.0.1:" .. port, { timeout = 1 }))
+        local log, record = recorder()
+        local a = candidate(s, new_key(), "a", record)
+        a.retry = function(attempt) return attempt < 3 and 0.05 or nil end
+        local f = follower(s, new_key(), "f", record)
+        f.retry = a.retry
+        a:run(); f:run()
+        assert.truthy(loop_until(function() return count(log, "^a error") >= 3 and count(log, "^f error") >= 3 end, 10),
+          table.concat(log, "\n"))
+        for _, line in ipairs(log) do
+          assert.matches("^%a error .*etcd", line)
+        end
+        assert.is_false(a:is_leader())
+        a:stop(); f:stop(); s:close()
+      end)
+    end
+  end)
+
+  C.describe_processes(_ENV, "etcd", function() return srv.url end,
+    { ttl = 5, kill9 = 6, pause = 7 })
+end)
+
+describe("etcd cluster of three", function()
+  if not have then return end
+  local cluster
+  setup(function() cluster = E.start { members = 3 } end)
+  teardown(function() if cluster then cluster:stop() end end)
+
+  it("kill the member the clients use: the election goes on, never two leaders", function()
+    local procs = C.start { store = cluster.url, ttl = 5 }
+    finally(function() procs:stop() end)
+    local first = procs:wait_leader(10)
+    assert.truthy(first, procs:dump())
+    -- every client starts on the first member listed
+    cluster:kill(1)
+    local t_kill = require("leadership").time()
+    L.sleep(8)
+    local leaders = procs:leaders()
+    assert.equal(1, #leaders, procs:dump())
+    local violation = procs:check_stamps()
+    assert.is_nil(violation, (violation or "") .. "\n" .. procs:dump())
+    -- the leader kept working through the failover (its lease survived)
+    local last = 0
+    for _, st in ipairs(procs:read_stamps()) do last = math.max(last, st.t) end
+    assert.truthy(last > t_kill + 6, procs:dump())
+    io.stderr:write(("\n[etcd] member killed: leader %s before, %s after\n"):format(first, leaders[1]))
+  end)
+
+  it("a follower reconnecting after compaction re-reads, never reports a stale leader", function()
+    -- members 2 and 3 are up (member 1 was killed above); the follower
+    -- talks to member 2 only, the candidates to member 3 only
+    local m2, m3 = cluster.members[2], cluster.members[3]
+    local fs = assert(L.store("etcd://127.0.0.1:" .. m2.port))
+    local cs = assert(L.store("etcd://127.0.0.1:" .. m3.port))
+    local key = new_key()
+    local log, record = recorder()
+    local a = candidate(cs, key, "a", record, 5)
+    local b = candidate(cs, key, "b", record, 5)
+    local f = follower(fs, key, "f", record)
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 5))
+    b:run()
+    f:run()
+    assert.truthy(loop_until(function() return find(log, "^f sees a ") end, 5), table.concat(log, "\n"))
+    -- restart member 1 so the cluster keeps a quorum while 2 is down
+    cluster:launch(cluster.members[1])
+    assert.truthy(H.wait_until(function() return cluster:healthy() end, 20))
+    cluster:kill(2)
+    local mark = #log
+    a:resign()
+    assert.truthy(loop_until(function() return b:is_leader() end, 5), table.concat(log, "\n"))
+    a:stop()
+    -- history compacted past the follower's resume point
+    local status = cluster:ctl("endpoint", "status", "-w", "json")
+    local revision = tonumber(status:match('"revision":(%d+)'))
+    assert.truthy(revision, status)
+    assert.matches("compacted", cluster:ctl("compact", tostring(revision)))
+    cluster:launch(m2)
+    assert.truthy(loop_until(function() return find(log, "^f sees b ", mark) end, 15), table.concat(log, "\n"))
+    -- after the reconnect it never reported a (stale) a
+    assert.is_nil(find(log, "^f sees a ", mark), table.concat(log, "\n"))
+    assert.equal("b", (f:leader()))
+    b:stop(); f:stop(); fs:close(); cs:close()
+    leak_check()
+  end)
+end)
+
+describe("etcd with TLS and authentication", function()
+  if not have then return end
+  if not H.have("openssl", pending) then return end
+
+  it("elects over TLS with a client certificate; refuses an unknown CA clearly", function()
+    local srv = E.start { tls = true }
+    finally(function() srv:stop() end)
+    local tls = { ca = srv.tls.ca, cert = srv.tls.cert, key = srv.tls.key }
+    local s = assert(L.store(srv.url, { tls = tls }))
+    local log, record = recorder()
+    local a = candidate(s, new_key(), "a", record)
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+    a:stop(); s:close()
+    -- the server's certificate checked against a CA that did not sign it
+    local other = E.make_certs(H.tmpdir("certs"))
+    local bad = assert(L.store(srv.url, { tls = { ca = other.ca, cert = srv.tls.cert, key = srv.tls.key } }))
+    local blog, brecord = recorder()
+    local b = candidate(bad, new_key(), "b", brecord)
+    b.retry = function(attempt) return attempt < 2 and 0.1 or nil end
+    b:run()
+    assert.truthy(loop_until(function() return find(blog, "^b error") end, 5))
+    assert.matches("certificate", blog[1])
+    b:stop(); bad:close()
+    leak_check()
+  end)
+
+  it("authenticates as a user; a wrong password is a clear error and never shown", function()
+    local srv = E.start()
+    finally(function() srv:stop() end)
+    srv:enable_auth("alice", "s3cret-pw")
+    local s = assert(L.store(srv.url, { auth = { username = "alice", password = "s3cret-pw" } }))
+    local log, record = recorder()
+    local key = new_key()
+    local a = candidate(s, key, "a", record)
+    local f = follower(s, key, "f", record)
+    a:run(); f:run()
+    assert.truthy(loop_until(function() return a:is_leader() and find(log, "^f sees a") end, 5),
+      table.concat(log, "\n"))
+    a:stop(); f:stop(); s:close()
+    -- credentials in the URL work too
+    local u = assert(L.store(srv.url:gsub("etcd://", "etcd://alice:s3cret-pw@")))
+    local ulog, urecord = recorder()
+    local c = candidate(u, new_key(), "c", urecord)
+    c:run()
+    assert.truthy(loop_until(function() return c:is_leader() end, 5), table.concat(ulog, "\n"))
+    c:stop(); u:close()
+    -- a wrong password
+    local bad = assert(L.store(srv.url, { auth = { username = "alice", password = "wrong-pw-123" } }))
+    local blog, brecord = recorder()
+    local b = candidate(bad, new_key(), "b", brecord)
+    b.retry = function(attempt) return attempt < 2 and 0.1 or nil end
+    b:run()
+    assert.truthy(loop_until(function() return find(blog, "^b error") end, 5))
+    assert.matches("authentication", blog[1])
+    assert.matches("alice", blog[1])
+    for _, line in ipairs(blog) do assert.is_nil(line:find("wrong-pw-123", 1, true)) end
+    -- no password without auth either: a clear hint
+    local none = assert(L.store(srv.url))
+    local nlog, nrecord = recorder()
+    local n = candidate(none, new_key(), "n", nrecord)
+    n.retry = function(attempt) return attempt < 2 and 0.1 or nil end
+    n:run()
+    assert.truthy(loop_until(function() return find(nlog, "^n error") end, 5))
+    assert.matches("auth.username", nlog[1])
+    b:stop(); bad:close(); n:stop(); none:close()
+    leak_check()
+  end)
+end)
