@@ -4,6 +4,7 @@
 
 extern const ls_backend ls_backend_memory;
 extern const ls_backend ls_backend_file;
+extern const ls_backend ls_backend_etcd;
 extern const ls_backend ls_backend_redis;
 extern const ls_backend ls_backend_rediss;
 extern const ls_backend ls_backend_zookeeper;
@@ -11,6 +12,7 @@ extern const ls_backend ls_backend_zookeeper;
 static const ls_backend *const all_backends[] = {
     &ls_backend_memory,
     &ls_backend_file,
+    &ls_backend_etcd,
     &ls_backend_redis,
     &ls_backend_rediss,
     &ls_backend_zookeeper,
@@ -20,6 +22,7 @@ static const ls_backend *const all_backends[] = {
 const char *const ls_backend_schemes[] = {
     "memory",
     "file",
+    "etcd",
     "redis",
     "rediss",
     "zk",
