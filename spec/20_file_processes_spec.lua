@@ -2,4 +2,4 @@
 local C = require "cluster"
 
 C.describe_processes(_ENV, "file", function() return "file://" .. H.tmpdir("filestore") end,
-  { ttl = 2, kill9 = 0.5, pause = 4 })
+  { ttl = 2, kill9 = 0.1, pause = 4 })

@@ -59,9 +59,11 @@ function H.signal(proc, sig)
 end
 
 function H.alive(proc)
-  -- a zombie counts as dead
-  local state = sh(("ps -o stat= -p %d 2>/dev/null"):format(proc.pid))
-  return state ~= "" and not state:match("^Z")
+  -- a zombie counts as dead; read /proc rather than run ps (which hangs
+  -- under the sanitizer runtime that `make asan test` preloads)
+  local stat = H.read(("/proc/%d/stat"):format(proc.pid))
+  local state = stat and stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 -- Polls fn() every `interval` seconds until it returns a truthy value or
