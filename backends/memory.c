@@ -39,11 +39,11 @@ struct mem_entry {
     mem_store *store;
     mem_key *key;
     bool holding;
-    double lease_expiry;      /* world side: when the holding lapses */
-    double ack_sent_at;       /* the renewal whose ack is delayed */
-    struct event *renew;      /* every ttl/3 while holding */
-    struct event *ack;        /* a delayed acknowledgement */
-    struct event *expiry;     /* the world's lease expiry */
+    double lease_expiry;  /* world side: when the holding lapses */
+    double ack_sent_at;   /* the renewal whose ack is delayed */
+    struct event *renew;  /* every ttl/3 while holding */
+    struct event *ack;    /* a delayed acknowledgement */
+    struct event *expiry; /* the world's lease expiry */
     mem_entry *next;
 };
 
@@ -298,8 +298,8 @@ static size_t store_entries(mem_store *ms, mem_entry **out, size_t max)
     return n;
 }
 
-static int mem_inject(ls_store *store, const char *fault, const char *arg, double value,
-                      char *err, size_t errlen)
+static int mem_inject(ls_store *store, const char *fault, const char *arg, double value, char *err,
+                      size_t errlen)
 {
     mem_store *ms = store->impl;
     if (!strcmp(fault, "renew_delay")) {

@@ -24,15 +24,15 @@ typedef struct ls_option {
 
 /* A parsed store URL plus its options. */
 typedef struct ls_store_config {
-    char *scheme;      /* "etcd", "zk", "consul", "redis", "file", "memory" */
-    char *userinfo;    /* "user:pass" before '@', or NULL; never logged */
-    char **hosts;      /* "host:port" each, in the order given */
+    char *scheme;   /* "etcd", "zk", "consul", "redis", "file", "memory" */
+    char *userinfo; /* "user:pass" before '@', or NULL; never logged */
+    char **hosts;   /* "host:port" each, in the order given */
     size_t nhosts;
-    char *path;        /* file:///dir -> "/dir"; memory://name -> "name" */
-    char *redacted;    /* the URL with any password replaced, for messages */
+    char *path;     /* file:///dir -> "/dir"; memory://name -> "name" */
+    char *redacted; /* the URL with any password replaced, for messages */
     ls_option *options;
     size_t noptions;
-    double timeout;    /* seconds for one store request (option "timeout") */
+    double timeout; /* seconds for one store request (option "timeout") */
 } ls_store_config;
 
 /* The value of option `name`, or NULL. */
@@ -40,8 +40,7 @@ const char *ls_config_get(const ls_store_config *cfg, const char *name);
 
 /* Fails with "unknown option 'x' for etcd (did you mean 'y'?)" unless every
  * option is in `known` (NULL-terminated). "timeout" is always known. */
-int ls_config_check(const ls_store_config *cfg, const char *const *known, char *err,
-                    size_t errlen);
+int ls_config_check(const ls_store_config *cfg, const char *const *known, char *err, size_t errlen);
 
 /* Parses option `name` as seconds ("5", "0.5", "250ms", "5s", "1m");
  * `*out` keeps its default when absent. -1 with err on garbage. */
@@ -78,8 +77,8 @@ typedef struct ls_backend {
     void (*close)(ls_store *store);
 
     /* Test hooks (memory backend): apply a fault by name; NULL elsewhere. */
-    int (*inject)(ls_store *store, const char *fault, const char *arg, double value,
-                  char *err, size_t errlen);
+    int (*inject)(ls_store *store, const char *fault, const char *arg, double value, char *err,
+                  size_t errlen);
 } ls_backend;
 
 struct ls_store {
@@ -96,7 +95,7 @@ struct ls_election_view {
     const char *key;
     const char *value; /* candidates: the value to store; followers: NULL */
     size_t value_len;
-    double ttl;        /* seconds */
+    double ttl; /* seconds */
     bool candidate;
     void *backend_data;
 };

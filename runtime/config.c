@@ -130,7 +130,8 @@ int ls_config_parse(ls_store_config *cfg, const char *url, char *err, size_t err
     cfg->redacted = redact(url);
     const char *sep = strstr(url, "://");
     if (!sep || sep == url) {
-        snprintf(err, errlen, "malformed store URL '%s' (want scheme://..., e.g. etcd://127.0.0.1:2379)",
+        snprintf(err, errlen,
+                 "malformed store URL '%s' (want scheme://..., e.g. etcd://127.0.0.1:2379)",
                  cfg->redacted);
         return -1;
     }
@@ -170,7 +171,8 @@ int ls_config_parse(ls_store_config *cfg, const char *url, char *err, size_t err
     }
     if (!strcmp(cfg->scheme, "memory")) {
         if (rest[0] == '\0' || strchr(rest, '/')) {
-            snprintf(err, errlen, "memory store URL '%s' needs a name: memory://name", cfg->redacted);
+            snprintf(err, errlen, "memory store URL '%s' needs a name: memory://name",
+                     cfg->redacted);
             goto out;
         }
         cfg->path = strdup(rest);
@@ -283,8 +285,7 @@ const char *ls_closest_word(const char *word, const char *const *words)
     return best;
 }
 
-int ls_config_check(const ls_store_config *cfg, const char *const *known, char *err,
-                    size_t errlen)
+int ls_config_check(const ls_store_config *cfg, const char *const *known, char *err, size_t errlen)
 {
     for (size_t i = 0; i < cfg->noptions; i++) {
         const char *name = cfg->options[i].name;
@@ -320,7 +321,8 @@ int ls_config_seconds(const ls_store_config *cfg, const char *name, double *out,
     else if (*end != '\0' && strcmp(end, "s"))
         end = (char *)text;
     if (end == text || v < 0 || v != v) {
-        snprintf(err, errlen, "store option '%s' must be a duration in seconds (e.g. 5, 0.5, 250ms), got '%s'",
+        snprintf(err, errlen,
+                 "store option '%s' must be a duration in seconds (e.g. 5, 0.5, 250ms), got '%s'",
                  name, text);
         return -1;
     }

@@ -19,9 +19,9 @@ struct ls_election {
     double renew_deadline;
     ls_state state;
     uint64_t term;
-    double deadline;       /* monotonic; meaningful while LEADER */
-    struct event *timer;   /* the deadline while leader, the retry delay in BACKOFF */
-    int attempt;           /* failures since the last success */
+    double deadline;     /* monotonic; meaningful while LEADER */
+    struct event *timer; /* the deadline while leader, the retry delay in BACKOFF */
+    int attempt;         /* failures since the last success */
     bool holding_loop;
     /* the last leader reported to the owner, for change detection */
     bool leader_known;
@@ -277,10 +277,7 @@ released:
     }
 }
 
-bool ls_election_is_leader(ls_election *e)
-{
-    return e->state == LS_LEADER && !deadline_passed(e);
-}
+bool ls_election_is_leader(ls_election *e) { return e->state == LS_LEADER && !deadline_passed(e); }
 
 uint64_t ls_election_term(ls_election *e) { return ls_election_is_leader(e) ? e->term : 0; }
 

@@ -33,7 +33,7 @@ typedef struct ls_election_hooks {
 
 typedef struct ls_election_counters {
     uint64_t elected, lost, errors, renewals;
-    double last_renewal_latency; /* seconds from send to acknowledgement */
+    double last_renewal_latency;  /* seconds from send to acknowledgement */
     uint64_t latency_buckets[12]; /* renewal latency histogram, see engine.c */
     double latency_sum;
     /* Monotonic times of the last store answer that worked (acquired,

@@ -63,7 +63,8 @@ static void log_line(enum ls_log_level level, const char *message, const char *c
     log_timestamp(stamp, sizeof stamp);
     flockfile(stderr);
     if (log_json) {
-        fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":", stamp, log_level_names[level]);
+        fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":", stamp,
+                log_level_names[level]);
         json_string(stderr, message);
         for (size_t i = 0; i + 1 < nfields; i += 2) {
             fputc(',', stderr);

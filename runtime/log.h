@@ -5,8 +5,7 @@
 enum ls_log_level { LS_DEBUG, LS_INFO, LS_WARN, LS_ERROR };
 
 /* Logs one line at `level` if it passes the threshold. */
-void ls_log(enum ls_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void ls_log(enum ls_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Logs an event with key/value fields: ls_log_event(LS_INFO, "elected",
  * "key", k, "term", "7", NULL). JSON mode makes them object members. */

@@ -96,11 +96,10 @@ static int core_log(lua_State *L)
 static int core_log_config(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (lua_getfield(L, 1, "level") != LUA_TNIL &&
-        ls_log_set_level(luaL_checkstring(L, -1)) < 0)
-        return luaL_error(L, "unknown log level '%s' (debug, info, warn, error)", lua_tostring(L, -1));
-    if (lua_getfield(L, 1, "format") != LUA_TNIL &&
-        ls_log_set_format(luaL_checkstring(L, -1)) < 0)
+    if (lua_getfield(L, 1, "level") != LUA_TNIL && ls_log_set_level(luaL_checkstring(L, -1)) < 0)
+        return luaL_error(L, "unknown log level '%s' (debug, info, warn, error)",
+                          lua_tostring(L, -1));
+    if (lua_getfield(L, 1, "format") != LUA_TNIL && ls_log_set_format(luaL_checkstring(L, -1)) < 0)
         return luaL_error(L, "unknown log format '%s' (text, json)", lua_tostring(L, -1));
     return 0;
 }
@@ -139,7 +138,7 @@ typedef struct signal_handler {
 } signal_handler;
 
 static signal_handler signal_handlers[] = {
-    {NULL, LUA_NOREF, "TERM"}, {NULL, LUA_NOREF, "INT"}, {NULL, LUA_NOREF, "HUP"},
+    {NULL, LUA_NOREF, "TERM"}, {NULL, LUA_NOREF, "INT"},  {NULL, LUA_NOREF, "HUP"},
     {NULL, LUA_NOREF, "USR1"}, {NULL, LUA_NOREF, "USR2"},
 };
 static const int signal_numbers[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2};

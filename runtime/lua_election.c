@@ -18,14 +18,14 @@
 
 typedef struct lua_election {
     ls_election *e;
-    int self_ref;                /* while running: the loop owns a reference */
+    int self_ref; /* while running: the loop owns a reference */
     bool candidate;
     ls_task_group leader_tasks;  /* on_elected: cancelled on loss */
     ls_task_group handler_tasks; /* every other handler */
 } lua_election;
 
-static const char *const handler_names[] = {"on_elected", "on_lost",   "on_leader_change",
-                                            "on_error",   "on_renewed", "retry", NULL};
+static const char *const handler_names[] = {
+    "on_elected", "on_lost", "on_leader_change", "on_error", "on_renewed", "retry", NULL};
 
 static lua_election *check_election(lua_State *L, int index)
 {
@@ -183,7 +183,7 @@ static void hook_renewed(void *owner, double deadline)
 }
 
 static const ls_election_hooks lua_hooks = {
-    hook_elected, hook_lost,    hook_leader_change, hook_error,
+    hook_elected,     hook_lost,    hook_leader_change, hook_error,
     hook_retry_delay, hook_stopped, hook_renewed,
 };
 
@@ -479,8 +479,9 @@ range:;
     const ls_backend *b = store->backend;
     char message[200];
     if (!(*ttl >= b->min_ttl && *ttl <= b->max_ttl)) {
-        snprintf(message, sizeof message, "ttl %g is out of range for the %s store (%g to %g seconds)",
-                 *ttl, b->scheme, b->min_ttl, b->max_ttl);
+        snprintf(message, sizeof message,
+                 "ttl %g is out of range for the %s store (%g to %g seconds)", *ttl, b->scheme,
+                 b->min_ttl, b->max_ttl);
         luaL_error(L, "%s", message);
     }
     if (*renew_deadline != 0 && !(*renew_deadline > 0 && *renew_deadline < *ttl)) {
@@ -510,8 +511,8 @@ static int election_new(lua_State *L, bool candidate)
     luaL_setmetatable(L, candidate ? CANDIDATE_METATABLE : FOLLOWER_METATABLE);
     lua_newtable(L);
     lua_setiuservalue(L, -2, 1);
-    le->e = ls_election_new(store, lua_tostring(L, 2), value, len, ttl, renew_deadline, &lua_hooks,
-                            le);
+    le->e =
+        ls_election_new(store, lua_tostring(L, 2), value, len, ttl, renew_deadline, &lua_hooks, le);
     return 1;
 }
 

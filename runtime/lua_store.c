@@ -83,7 +83,8 @@ static int store_new(lua_State *L)
     ls->store = ls_store_open(&cfg, err, sizeof err);
     if (!ls->store) {
         /* an unknown backend is a bad argument; a failing open is not */
-        if (strncmp(err, "unknown store backend", 21) == 0 || strncmp(err, "unknown option", 14) == 0)
+        if (strncmp(err, "unknown store backend", 21) == 0 ||
+            strncmp(err, "unknown option", 14) == 0)
             return luaL_error(L, "%s", err);
         lua_pushnil(L);
         lua_pushstring(L, err);

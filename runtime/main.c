@@ -11,7 +11,8 @@
 /* package.preload loader for an embedded module; upvalue: its index. */
 static int load_embedded(lua_State *L)
 {
-    const struct ls_embedded_module *m = &ls_embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    const struct ls_embedded_module *m =
+        &ls_embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
     if (luaL_loadbuffer(L, m->source, m->length, m->chunkname) != LUA_OK)
         return lua_error(L);
     lua_pushstring(L, m->name);

@@ -9,16 +9,16 @@
 
 struct ls_task {
     lua_State *co;
-    int co_ref;          /* keeps the thread from being collected */
-    lua_State *main;     /* the state the loop resumes from */
-    struct event *wake;  /* start, and the end of each sleep */
+    int co_ref;         /* keeps the thread from being collected */
+    lua_State *main;    /* the state the loop resumes from */
+    struct event *wake; /* start, and the end of each sleep */
     ls_task_group *group;
     ls_task *group_next; /* in group, if any */
     const ls_task_owner *owner;
     void *owner_arg;
     unsigned long long tag;
     const char *name;
-    int pending_args;    /* for the first resume */
+    int pending_args; /* for the first resume */
     bool running, cancelled, killed;
     double resumed_at;
 };

@@ -23,9 +23,8 @@ typedef struct ls_task_owner {
 /* Runs the function below `nargs` arguments on top of L as a new task in
  * `group` (may be NULL), started from the loop. Pops them. `tag` is
  * kept for still_valid (the term of an on_elected task). */
-ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group,
-                       const ls_task_owner *owner, void *arg, unsigned long long tag,
-                       const char *name);
+ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group, const ls_task_owner *owner,
+                       void *arg, unsigned long long tag, const char *name);
 
 unsigned long long ls_task_tag(ls_task *task);
 
