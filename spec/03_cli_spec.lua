@@ -1,0 +1,77 @@
+-- The executable's command line: every kind of bad input gets a one-line
+-- message naming what is wrong, and exit status 2.
+local function run(args, policy_text)
+  local dir = H.tmpdir("cli")
+  local policy = dir .. "/policy.lua"
+  if policy_text then H.write(policy, policy_text) end
+  local words = { H.quote(H.bin) }
+  for _, a in ipairs(args) do words[#words + 1] = H.quote((a:gsub("POLICY", policy))) end
+  local out = H.sh(table.concat(words, " ") .. " 2>&1; echo \"exit=$?\"")
+  os.execute("rm -rf " .. H.quote(dir))
+  local status = tonumber(out:match("exit=(%d+)%s*$"))
+  return out:gsub("exit=%d+%s*$", ""), status
+end
+
+local GOOD = [[return { store = "memory://cli", key = "k", ttl = 5 }]]
+
+describe("leadership (the executable)", function()
+  it("prints help and version", function()
+    local out, status = run({ "--help" })
+    assert.equal(0, status)
+    assert.truthy(out:match("usage: leadership run POLICY.lua"))
+    out, status = run({ "--version" })
+    assert.equal(0, status)
+    assert.truthy(out:match("^leadership %d+%.%d+%.%d+"))
+  end)
+
+  local cases = {
+    { "missing policy", { "run", "/nonexistent/p.lua" }, nil, "cannot read policy '/nonexistent/p.lua': No such file" },
+    { "policy that raises", { "run", "POLICY" }, "error('nope')", "policy .-policy%.lua:1: nope" },
+    { "syntax error", { "run", "POLICY" }, "return {", "policy .-policy%.lua:1: unexpected symbol near <eof>" },
+    { "not a table", { "run", "POLICY" }, "return 42", "policy .-policy%.lua.-must return a table, got number" },
+    { "unknown field", { "run", "POLICY" }, [[return { store = "memory://x", key = "k", on_elect = print }]],
+      "unknown field 'on_elect' %(did you mean 'on_elected'%?%)" },
+    { "unknown scheme", { "run", "POLICY", "--store", "etdc://127.0.0.1:2379" }, GOOD,
+      "unknown store backend 'etdc' in 'etdc://127.0.0.1:2379'" },
+    { "malformed URL", { "run", "POLICY", "--store", "127.0.0.1:2379" }, GOOD,
+      "malformed store URL '127.0.0.1:2379'" },
+    { "empty key", { "run", "POLICY", "--key", "" }, GOOD, "key must be a non%-empty string" },
+    { "ttl 0", { "run", "POLICY", "--ttl", "0" }, GOOD, "ttl must be > 0 seconds, got 0" },
+    { "ttl negative", { "run", "POLICY", "--ttl", "-3" }, GOOD, "ttl must be > 0 seconds, got %-3" },
+    { "ttl not a number", { "run", "POLICY", "--ttl", "soon" }, GOOD, "ttl must be a number of seconds, got 'soon'" },
+    { "node with newline", { "run", "POLICY", "--node", "a\nb" }, GOOD, "node must not contain a newline" },
+    { "bad retry table", { "run", "POLICY" }, [[return { store = "memory://x", key = "k", retry = { factr = 2 } }]],
+      "bad retry: unknown backoff field 'factr' %(did you mean 'factor'%?%)" },
+    { "retry not a table", { "run", "POLICY" }, [[return { store = "memory://x", key = "k", retry = 5 }]],
+      "retry must be a table" },
+    { "bad mode", { "run", "POLICY" }, [[return { store = "memory://x", key = "k", mode = "leader" }]],
+      "mode must be \"candidate\" or \"follower\"" },
+    { "unknown flag", { "run", "POLICY", "--tll", "5" }, GOOD, "unknown flag '%-%-tll' %(did you mean '%-%-ttl'%?%)" },
+    { "unknown command", { "rn", "POLICY" }, GOOD, "unknown command 'rn' %(did you mean 'run'%?%)" },
+    { "ttl out of the store's range", { "run", "POLICY", "--ttl", "100000" }, GOOD,
+      "ttl 100000 is out of range for the memory store" },
+  }
+  for _, case in ipairs(cases) do
+    local name, args, policy, expected = table.unpack(case)
+    it("rejects a " .. name .. " with status 2", function()
+      local out, status = run(args, policy)
+      assert.equal(2, status, out)
+      assert.truthy(out:match("^leadership: .-" .. expected), out)
+      assert.equal(1, select(2, out:gsub("\n", "")), "one line: " .. out)
+    end)
+  end
+
+  it("runs a policy and stops on SIGTERM with status 0", function()
+    local dir = H.tmpdir("cli")
+    H.write(dir .. "/p.lua", [[
+      return { store = "memory://run", key = "k", ttl = 1,
+        on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() end,
+        on_lost = function(ctx, reason) print("lost " .. reason) io.stdout:flush() end }]])
+    local proc = H.spawn({ H.bin, "run", dir .. "/p.lua" }, { dir = dir })
+    assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match("elected 1") end, 5))
+    H.signal(proc, "TERM")
+    assert.truthy(H.wait_until(function() return not H.alive(proc) end, 5))
+    assert.truthy((H.read(proc.stdout) or ""):match("lost stop"))
+    os.execute("rm -rf " .. H.quote(dir))
+  end)
+end)
