@@ -386,3 +386,235 @@ describe("policy:reload() on memory://", function()
     L.watch_file(path, nil)
   end)
 end)
+
+-- The policy every `leadership run` node runs: one file, edited by the
+-- specs. While leader it appends "<wall time> <node> <term> <version>" to
+-- $STAMP_FILE every 10 ms, after about a millisecond of work each tick.
+local function process_policy(o)
+  return ([[
+local leadership = require "leadership"
+local V = %q
+local stamps = os.getenv("STAMP_FILE")
+local function say(...)
+  io.stdout:write(table.concat({ ... }, " "), "\n")
+  io.stdout:flush()
+end
+return {
+  store = %q, key = %q, ttl = %s,
+  retry = { initial = 0.1, max = 1, factor = 2, jitter = 0.2 },
+  on_elected = function(ctx)
+    say("elected", ctx.term, V, tostring(ctx.reloaded))
+    while true do
+      local x = 0
+      for i = 1, 30000 do x = x + i %% 7 end
+      local f = assert(io.open(stamps, "a"))
+      f:write(("%%.6f %%s %%d %%s\n"):format(leadership.time(), ctx.node, ctx.term, V))
+      f:close()
+      ctx.sleep(0.01)
+    end
+  end,
+  on_lost = function(_, reason) say("lost", reason, V) end,
+  on_error = function(_, err) say("error", V, (tostring(err):gsub("\n", " "))) end,
+}
+]]):format(o.version, o.store, o.key, tostring(o.ttl))
+end
+
+local function median(list)
+  local s = {}
+  for i, v in ipairs(list) do s[i] = v end
+  table.sort(s)
+  return s[(#s + 1) // 2]
+end
+
+-- Three nodes on one store and one policy file; node 1 is elected first
+-- and must lead throughout, under one term, whatever the edits.
+local function describe_processes(backend, have, make_store, stop_store)
+  describe(backend .. ": `leadership run` reloading its policy file", function()
+    if not have then return end
+    local dir, path, stamp_file, store, key, term
+    local procs = {}
+    local ttl = 2
+
+    local function policy(version, changes)
+      local text = process_policy { version = version, store = store, key = key, ttl = ttl }
+      for from, to in pairs(changes or {}) do text = text:gsub(from, to) end
+      return text
+    end
+    local function lines(i, stream)
+      local out = {}
+      for line in (H.read(procs[i][stream or "stdout"]) or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+      return out
+    end
+    local function reloads(i) return count(lines(i, "stderr"), "policy .* reloaded$") end
+    local function dump()
+      local parts = {}
+      for i = 1, #procs do
+        parts[#parts + 1] = ("--- n%d\n%s%s"):format(i, H.read(procs[i].stdout) or "", H.read(procs[i].stderr) or "")
+      end
+      return table.concat(parts, "\n")
+    end
+    local function read_stamps()
+      local list = {}
+      for line in (H.read(stamp_file) or ""):gmatch("[^\n]+") do
+        local t, node, tm, v = line:match("^([%d.]+) (%S+) (%d+) (%S+)$")
+        if t then list[#list + 1] = { t = tonumber(t), node = node, term = tonumber(tm), v = v } end
+      end
+      return list
+    end
+    -- The first stamp of `version`, waited for.
+    local function first_stamp(version, timeout)
+      return H.wait_until(function()
+        for _, s in ipairs(read_stamps()) do if s.v == version then return s end end
+      end, timeout or 5, 0.01)
+    end
+    -- n1 led all along under one term, nobody else was elected, and the
+    -- stamps' versions never go back.
+    local function check_history()
+      local rank, highest = {}, 0
+      for _, s in ipairs(read_stamps()) do
+        assert.equal("n1", s.node)
+        assert.equal(term, s.term)
+        local r = tonumber(s.v:match("^v(%d+)$"))
+        assert.truthy(r, s.v)
+        assert.is_true(r >= highest, ("a stamp of v%d after one of v%d"):format(r, highest))
+        highest = r
+      end
+      for _, line in ipairs(lines(1)) do
+        assert.is_nil(line:match("^lost"), dump())
+        local t = line:match("^elected (%d+)")
+        if t then assert.equal(term, tonumber(t)) end
+      end
+      for i = 2, 3 do
+        assert.equal(0, count(lines(i), "^elected"), dump())
+        assert.is_true(H.alive(procs[i]))
+      end
+      assert.is_true(H.alive(procs[1]))
+    end
+
+    lazy_setup(function()
+      dir = H.tmpdir("reload-run")
+      path, stamp_file = dir .. "/policy.lua", dir .. "/stamps"
+      store, key = make_store(), "spec/reload/" .. math.random(1e9)
+      write(path, policy("v1"))
+      for i = 1, 3 do
+        procs[i] = H.spawn({ H.bin, "run", path, "--node", "n" .. i }, {
+          env = { STAMP_FILE = stamp_file },
+          stdout = dir .. "/n" .. i .. ".out", stderr = dir .. "/n" .. i .. ".err",
+        })
+        if i == 1 then
+          local first = first_stamp("v1", 10)
+          assert.truthy(first, dump())
+          term = first.term
+        end
+      end
+      os.execute("sleep 0.3") -- the others are campaigning
+    end)
+
+    lazy_teardown(function()
+      for _, proc in ipairs(procs) do H.stop(proc) end
+      if stop_store then stop_store() end
+      if dir then os.execute("rm -rf " .. H.quote(dir)) end
+    end)
+
+    it("reloads 20 times in a row under load: one term, nobody else elected, no old stamp after a new one", function()
+      local latencies = {}
+      for v = 2, 21 do
+        local written = L.time()
+        write(path, policy("v" .. v))
+        local first = first_stamp("v" .. v)
+        assert.truthy(first, "v" .. v .. "\n" .. dump())
+        latencies[#latencies + 1] = first.t - written
+      end
+      os.execute("sleep 0.1")
+      check_history()
+      assert.equal(20, reloads(1), dump())
+      -- the others reload too, though an edit that comes within their quiet
+      -- period (the leader's new stamp is all this waits for) joins the next
+      for i = 2, 3 do assert.is_true(reloads(i) >= 10, dump()) end
+      assert.equal(20, count(lines(1), "^elected %d+ v%d+ true$"))
+      table.sort(latencies)
+      io.stderr:write(("\n[%s] 20 reloads: edit to first new stamp median %.0f ms, max %.0f ms\n"):format(
+        backend, median(latencies) * 1000, latencies[#latencies] * 1000))
+    end)
+
+    it("keeps leading with the old code after a broken edit, and names file and line", function()
+      local before = reloads(1)
+      local text = policy("v22"):gsub("ttl = 2", "ttl = = 2")
+      local line = select(2, text:match("^(.-)ttl = = 2"):gsub("\n", "")) + 1
+      write(path, text)
+      local failed = H.wait_until(function()
+        for _, line in ipairs(lines(1, "stderr")) do
+          if line:find("reload failed", 1, true) then return line end
+        end
+      end, 3)
+      assert.truthy(failed, dump())
+      local where = ("policy %s:%d: unexpected symbol near '='"):format(path, line)
+      assert.truthy(failed:find(where, 1, true), failed)
+      -- the running policy's on_error was told the same
+      assert.truthy(H.wait_until(function()
+        for _, line in ipairs(lines(1)) do
+          if line == "error v21 " .. where then return true end
+        end
+      end, 2), dump())
+      local n = #read_stamps()
+      os.execute("sleep 0.3")
+      local stamps = read_stamps()
+      assert.is_true(#stamps > n + 10, "the old code stopped working")
+      for i = n + 1, #stamps do assert.equal("v21", stamps[i].v) end
+      assert.equal(before, reloads(1))
+      check_history()
+    end)
+
+    it("catches an editor-style save (write a new file, rename it over the old)", function()
+      local tmp = dir .. "/.policy.lua.swp"
+      write(tmp, policy("v22"))
+      os.rename(tmp, path)
+      assert.truthy(first_stamp("v22"), dump())
+      check_history()
+    end)
+
+    it("gives one reload for a burst of writes; none for touch; SIGHUP forces one", function()
+      local before = reloads(1)
+      for v = 23, 32 do
+        write(path, policy("v" .. v))
+        L.sleep(0.01)
+      end
+      assert.truthy(first_stamp("v32"), dump())
+      os.execute("sleep 0.4")
+      assert.equal(before + 1, reloads(1))
+      assert.equal(0, count(lines(1), "^elected %d+ v2[3-9] ") + count(lines(1), "^elected %d+ v3[01] "))
+      os.execute("touch " .. H.quote(path))
+      os.execute("sleep 0.4")
+      assert.equal(before + 1, reloads(1))
+      local elected = count(lines(1), "^elected ")
+      H.signal(procs[1], "HUP")
+      assert.truthy(H.wait_until(function() return reloads(1) == before + 2 end, 3), dump())
+      assert.truthy(H.wait_until(function() return count(lines(1), "^elected ") == elected + 1 end, 3), dump())
+      check_history()
+    end)
+
+    it("refuses a changed key with \"needs restart\" and reloads the rest", function()
+      write(path, policy("v33", { [key:gsub("%p", "%%%0")] = key .. "/elsewhere" }))
+      assert.truthy(first_stamp("v33"), dump())
+      for i = 1, 3 do
+        assert.truthy(H.wait_until(function()
+          for _, line in ipairs(lines(i, "stderr")) do
+            if line:find("key changed: needs restart", 1, true) then return true end
+          end
+        end, 3), dump())
+      end
+      os.execute("sleep 0.3")
+      check_history()
+    end)
+  end)
+end
+
+describe_processes("file://", true, function()
+  return "file://" .. H.tmpdir("reload-store")
+end)
+
+local etcd
+describe_processes("etcd", H.have("etcd", pending), function()
+  etcd = require("etcd").start()
+  return etcd.url
+end, function() if etcd then etcd:stop() end end)
