@@ -29,6 +29,11 @@
 
 #define UNARY_CONNECTIONS 3 /* + the watch stream: 4 per store at most */
 #define WATCH_BUCKETS 1024
+/* The watch stream asks for a progress report this often and counts the
+ * member lost after STREAM_SILENCE seconds without a byte: with the
+ * request body paused, libcurl would not notice a dead peer by itself. */
+#define STREAM_HEARTBEAT 1.0
+#define STREAM_SILENCE 3.5
 
 typedef struct etcd etcd;
 typedef struct lease lease;
@@ -156,6 +161,8 @@ struct etcd {
     unsigned nwatches;
     int64_t next_watch_id;
     struct event *stream_timer;
+    struct event *heartbeat;
+    double last_data; /* when the stream last brought anything */
     unsigned stream_failures;
     /* lifetime */
     int depth;
@@ -624,11 +631,19 @@ static void stream_open(etcd *s)
         return;
     }
     char url[600], auth[600];
-    const char *headers[3];
+    const char *headers[4];
+    request_headers(s, headers, auth, sizeof auth);
+    /* a member cut off from the cluster's leader ends the stream, rather
+     * than leaving our watches silently stale */
+    headers[headers[1] ? 2 : 1] = "Grpc-Metadata-Hasleader: true";
+    headers[3] = NULL;
     snprintf(url, sizeof url, "%s/v3/watch", s->endpoints[s->current]);
-    s->stream = ls_http_stream(s->watch_http, url, request_headers(s, headers, auth, sizeof auth),
-                               stream_data, stream_done, s);
+    s->stream = ls_http_stream(s->watch_http, url, headers, stream_data, stream_done, s);
     s->inlen = 0;
+    s->last_data = ls_now();
+    struct timeval beat = {(time_t)STREAM_HEARTBEAT,
+                           (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
+    evtimer_add(s->heartbeat, &beat);
     if (!s->stream) {
         struct timeval tv = {1, 0};
         evtimer_add(s->stream_timer, &tv);
@@ -637,6 +652,25 @@ static void stream_open(etcd *s)
     for (size_t b = 0; b < WATCH_BUCKETS; b++)
         for (watch *w = s->buckets[b]; w; w = w->bucket_next)
             watch_send_create(w);
+}
+
+static void stream_broken(etcd *s, const char *why);
+
+static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+    etcd *s = arg;
+    if (!s->stream)
+        return;
+    enter(s);
+    if (ls_now() - s->last_data > STREAM_SILENCE) {
+        stream_broken(s, "no answer from the member");
+    } else {
+        stream_write_json(s, json_pack("{s:{}}", "progress_request"));
+        struct timeval beat = {(time_t)STREAM_HEARTBEAT,
+                               (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
+        evtimer_add(s->heartbeat, &beat);
+    }
+    leave(s);
 }
 
 static void stream_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -653,6 +687,7 @@ static void stream_broken(etcd *s, const char *why)
     ls_http_cancel(s->stream);
     s->stream = NULL;
     s->inlen = 0;
+    evtimer_del(s->heartbeat);
     if (s->closing)
         return;
     endpoint_failed(s, s->current, why);
@@ -729,6 +764,7 @@ static void stream_data(void *arg, const char *data, size_t len)
 {
     etcd *s = arg;
     enter(s);
+    s->last_data = ls_now();
     s->in = realloc(s->in, s->inlen + len + 1);
     memcpy(s->in + s->inlen, data, len);
     s->inlen += len;
@@ -1536,6 +1572,8 @@ static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const 
     }
     if (kind == WATCH_COMPACTED) {
         /* events were lost: read everything again (etcd issue 18163) */
+        ls_log(LS_INFO, "etcd: history of '%s' compacted past our watch; reading it again",
+               en->prefix);
         watch_stop(en->watch);
         en->watch = NULL;
         entry_read(en);
@@ -1687,6 +1725,8 @@ static void etcd_free(etcd *s)
     ls_http_free(s->watch_http);
     if (s->stream_timer)
         event_free(s->stream_timer);
+    if (s->heartbeat)
+        event_free(s->heartbeat);
     for (size_t i = 0; i < s->nendpoints; i++)
         free(s->endpoints[i]);
     free(s->endpoints);
@@ -1720,6 +1760,7 @@ static void leave(etcd *s)
         ls_http_cancel(s->stream);
         s->stream = NULL;
         evtimer_del(s->stream_timer);
+        evtimer_del(s->heartbeat);
         s->depth--;
     }
     if (s->closed && s->background == 0)
@@ -1799,6 +1840,7 @@ static int etcd_open(ls_store *store, const ls_store_config *cfg, char *err, siz
     }
     s->nendpoints = cfg->nhosts;
     s->stream_timer = evtimer_new(ls_loop_base(), stream_timer_cb, s);
+    s->heartbeat = evtimer_new(ls_loop_base(), heartbeat_cb, s);
     store->impl = s;
     return 0;
 }

@@ -179,6 +179,14 @@ function E:enable_auth(name, password, root_password)
   self.root_password = root_password
 end
 
+-- Starts the members that are down again and waits until all are healthy.
+function E:restart_dead()
+  for _, m in ipairs(self.members) do
+    if not (m.proc and H.alive(m.proc)) then self:launch(m) end
+  end
+  assert(H.wait_until(function() return self:healthy() end, 20), "etcd did not recover:\n" .. self:logs())
+end
+
 function E:stop()
   for i in ipairs(self.members) do self:kill(i) end
   if self.root:match("leadership%-etcd") then os.execute("rm -rf " .. H.quote(self.root)) end
