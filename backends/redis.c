@@ -180,6 +180,7 @@ struct rstore {
     relection *elections; /* attached ones, and detached ones with requests in flight */
     rkey *keys;
     unsigned outstanding; /* requests in flight on either connection */
+    unsigned depth;       /* how many of our callbacks are on the stack */
     bool closing;
     struct event *reaper; /* frees the store outside any hiredis callback */
 };
@@ -523,6 +524,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *r = reply;
     rconn *c = req->conn;
     rstore *st = req->st;
+    st->depth++;
     if (c) {
         /* replies come in order, so this is the head; unlink defensively */
         rreq **p = &c->head;
@@ -551,6 +553,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (req->re)
         election_unref(req->re);
     req_free(req);
+    st->depth--;
     if (st->closing && st->outstanding == 0)
         reap_soon(st);
 }
@@ -777,7 +780,14 @@ static void step(relection *re)
         send_read(re);
 }
 
-static void election_timer_cb(evutil_socket_t fd, short what, void *arg) { step(arg); }
+static void election_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    relection *re = arg;
+    rstore *st = re->st;
+    st->depth++;
+    step(re);
+    st->depth--;
+}
 
 static void step_cb(relection *re, const char *unused) { step(re); }
 
@@ -953,12 +963,22 @@ static void handshake_send(rconn *c, rreq *req)
         req_free(req);
 }
 
+static void connected(redisAsyncContext *ac, rconn *c, int status);
+
 static void on_connect(const redisAsyncContext *cac, int status)
 {
     redisAsyncContext *ac = (redisAsyncContext *)cac;
     rconn *c = ac->data;
     if (!c)
         return;
+    rstore *st = c->st;
+    st->depth++;
+    connected(ac, c, status);
+    st->depth--;
+}
+
+static void connected(redisAsyncContext *ac, rconn *c, int status)
+{
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback */
         ac->data = NULL;
@@ -1018,7 +1038,10 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
         snprintf(why, sizeof why, "connection closed by the server");
     else
         snprintf(why, sizeof why, "connection lost: %s", ac->errstr);
+    rstore *st = c->st;
+    st->depth++;
     conn_lost(c, why);
+    st->depth--;
 }
 
 static void conn_connect(rconn *c)
@@ -1047,7 +1070,9 @@ static void conn_connect(rconn *c)
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     rconn *c = arg;
+    rstore *st = c->st;
     char why[100];
+    st->depth++;
     switch (c->state) {
     case CONN_DOWN:
         if (c->retry_scheduled && conn_needed(c))
@@ -1069,6 +1094,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         }
         break;
     }
+    st->depth--;
 }
 
 /* ---- pub/sub ---- */
@@ -1085,6 +1111,7 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
     const char *kind = r->element[0]->str;
     if (strcmp(kind, "message") && strcmp(kind, "subscribe"))
         return;
+    st->depth++;
     for (rkey *k = st->keys; k; k = k->next) {
         if (strlen(k->channel) == r->element[1]->len && !strcmp(k->channel, r->element[1]->str)) {
             /* a change, or a (re)subscription that may have missed some:
@@ -1093,6 +1120,7 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
             break;
         }
     }
+    st->depth--;
 }
 
 static void subscribe(rstore *st, rkey *k)
@@ -1210,8 +1238,10 @@ static void redis_close(ls_store *store)
     store->impl = NULL;
     st->closing = true;
     ls_loop_hold();
-    if (st->outstanding == 0)
-        reap_soon(st);
+    if (st->outstanding == 0 && st->depth == 0)
+        reaper_cb(-1, 0, st); /* at once: the loop may never run again (exit) */
+    else if (st->outstanding == 0)
+        reap_soon(st); /* inside our own callback: free once it has returned */
     else
         arm(st->reaper, st->timeout); /* releases in flight get this long */
 }

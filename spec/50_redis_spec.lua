@@ -29,8 +29,24 @@ local function find(log, pattern, from)
   end
 end
 
+-- Everything a test opens, so after_each can stop it even when the test
+-- failed halfway (and the leak check then tests the backend, not the test).
+local opened = {}
+local function keep(object)
+  opened[#opened + 1] = object
+  return object
+end
+
+local function open_store(url, options)
+  return keep(assert(L.store(url, options)))
+end
+
+local function follower(store, key)
+  return keep(L.follower(store, key))
+end
+
 local function candidate(store, key, name, record, ttl)
-  local c = L.candidate(store, key, name, { ttl = ttl or 1.5 })
+  local c = keep(L.candidate(store, key, name, { ttl = ttl or 1.5 }))
   c.on_elected = function(_, term) record(name, "elected", term) end
   c.on_lost = function(_, reason) record(name, "lost", reason) end
   c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
@@ -54,6 +70,12 @@ describe("redis store", function()
 
   describe("in one process", function()
     after_each(function()
+      for i = #opened, 1, -1 do
+        local object = opened[i]
+        if object.stop then pcall(object.stop, object) end
+        pcall(object.close, object)
+        opened[i] = nil
+      end
       L.run(3)
       collectgarbage()
       collectgarbage()
@@ -62,12 +84,12 @@ describe("redis store", function()
     end)
 
     it("elects one candidate, tells the other and a follower, terms from INCR", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record)
       local b = candidate(s, key, "b", record)
-      local f = L.follower(s, key)
+      local f = follower(s, key)
       f.on_leader_change = function(_, leader, term) record("f", "sees", leader, term) end
       a:run()
       assert.truthy(loop_until(function() return a:is_leader() end, 2))
@@ -83,7 +105,7 @@ describe("redis store", function()
     end)
 
     it("renews: a leader keeps the key for several ttls", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 0.6)
@@ -97,7 +119,7 @@ describe("redis store", function()
     end)
 
     it("resign hands over to the waiting candidate, with a higher term", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record)
@@ -115,11 +137,11 @@ describe("redis store", function()
     end)
 
     it("stop deletes the key at once; a follower then sees vacancy", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 5)
-      local f = L.follower(s, key)
+      local f = follower(s, key)
       f.on_leader_change = function(_, leader, term) record("f", "sees", leader, term) end
       a:run(); f:run()
       assert.truthy(loop_until(function() return find(log, "^f sees a 1$") end, 2))
@@ -138,7 +160,7 @@ describe("redis store", function()
       local key = new_key()
       srv:cli("SET", key .. ":term", "41")
       srv:cli("SET", key, "41\ndeadbeefdeadbeef\nghost", "PX", "800")
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local log, record = recorder()
       local b = candidate(s, key, "b", record)
       local t0 = L.now()
@@ -152,7 +174,7 @@ describe("redis store", function()
     end)
 
     it("after SCRIPT FLUSH falls back to EVAL (NOSCRIPT) and keeps the lease", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 0.6)
@@ -169,7 +191,7 @@ describe("redis store", function()
     end)
 
     it("a leader whose key was taken behind its back loses it ('deleted')", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 1.5)
@@ -183,7 +205,7 @@ describe("redis store", function()
     end)
 
     it("a leader whose key expired finds out on renewal ('session')", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 1.5)
@@ -198,7 +220,7 @@ describe("redis store", function()
     end)
 
     it("reports keys of the wrong type and foreign values, and keeps going", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local k1, k2 = new_key(), new_key()
       srv:cli("RPUSH", k1, "x")
       srv:cli("SET", k2, "not a lease")
@@ -221,7 +243,7 @@ describe("redis store", function()
     end)
 
     it("Redis restarted without its data: the leader keeps its lease and term", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 3)
@@ -246,7 +268,7 @@ describe("redis store", function()
     end)
 
     it("Redis restarted and the leader gone: waits a ttl, then a higher term", function()
-      local s = assert(L.store(srv.url))
+      local s = open_store(srv.url)
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record, 1)
@@ -293,7 +315,7 @@ describe("redis store", function()
       teardown(function() if locked then locked:stop() end end)
 
       local function first_error(url, options)
-        local s = assert(L.store(url, options))
+        local s = open_store(url, options)
         local log, record = recorder()
         local a = candidate(s, new_key(), "a", record)
         local gave_up = 0
@@ -323,7 +345,7 @@ describe("redis store", function()
           { "redis://127.0.0.1:" .. locked.port, { auth = { password = password } } },
           { "redis://default:" .. password .. "@127.0.0.1:" .. locked.port },
         }) do
-          local s = assert(L.store(way[1], way[2]))
+          local s = open_store(way[1], way[2])
           local log, record = recorder()
           local a = candidate(s, new_key(), "a", record)
           a:run()
@@ -346,6 +368,7 @@ describe("redis store", function()
       for _, p in ipairs(procs) do
         H.signal(p, "CONT")
         H.stop(p, 3)
+        if p.dir:match("^/tmp/leadership%-proc") then os.execute("rm -rf " .. H.quote(p.dir)) end
       end
       os.execute("rm -rf " .. H.quote(stamp_dir))
     end)

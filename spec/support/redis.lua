@@ -4,8 +4,12 @@
 local R = {}
 R.__index = R
 
+-- Sanitizer runs preload libasan into the spec process; the servers and
+-- tools it starts must not inherit that.
+local CLEAN = { "env", "-u", "LD_PRELOAD" }
+
 local function cli_words(self)
-  local words = { "redis-cli", "-h", "127.0.0.1", "-p", tostring(self.port) }
+  local words = { CLEAN[1], CLEAN[2], CLEAN[3], "redis-cli", "-h", "127.0.0.1", "-p", tostring(self.port) }
   if self.password then
     words[#words + 1] = "--no-auth-warning"
     words[#words + 1] = "-a"
@@ -23,7 +27,7 @@ function R:cli(...)
 end
 
 function R:launch()
-  local argv = { "redis-server", "--bind", "127.0.0.1", "--port", tostring(self.port),
+  local argv = { CLEAN[1], CLEAN[2], CLEAN[3], "redis-server", "--bind", "127.0.0.1", "--port", tostring(self.port),
                  "--dir", self.dir, "--save", "", "--appendonly", "no",
                  "--daemonize", "no", "--logfile", self.dir .. "/redis.log" }
   if self.password then
