@@ -104,7 +104,8 @@ static const char renew_script[] =
     "  lost = tonumber(redis.call('GET', KEYS[2]) or '0') < term\n"
     "end\n"
     "if not lost then return 0 end\n"
-    "if tonumber(redis.call('GET', KEYS[2]) or '0') < term then redis.call('SET', KEYS[2], term) end\n"
+    "local count = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "if count < term then redis.call('SET', KEYS[2], term) end\n"
     "redis.call('SET', KEYS[1], mine .. ARGV[4], 'PX', ARGV[3])\n"
     "redis.call('PUBLISH', ARGV[5], mine .. ARGV[4])\n"
     "return 1\n";
@@ -164,14 +165,14 @@ struct rkey {
     char *key, *counter, *channel;
     uint64_t max_term;
     double released_at; /* when one of ours last released it as leader */
-    bool subscribed; /* SUBSCRIBE sent on the current subscriber connection */
+    bool subscribed;    /* SUBSCRIBE sent on the current subscriber connection */
     rkey *next;
 };
 
 struct rstore {
     char *host;
     int port;
-    char *server;             /* "host:port", for messages */
+    char *server;              /* "host:port", for messages */
     char *username, *password; /* never logged */
     int db;
     double timeout, poll;
@@ -194,13 +195,13 @@ struct relection {
     relection *next, **pprev;
     char token[17];
     bool candidate, leader;
-    enum op busy;   /* the request in flight, if any: one at a time */
-    bool again;     /* something changed while busy: look again after */
-    bool may_hold;  /* an acquire was sent: cancel must release */
-    uint64_t term;  /* ours, while leader */
+    enum op busy;  /* the request in flight, if any: one at a time */
+    bool again;    /* something changed while busy: look again after */
+    bool may_hold; /* an acquire was sent: cancel must release */
+    uint64_t term; /* ours, while leader */
     double ttl;
     long long ttl_ms;
-    double not_before; /* no acquire before this: a resign lets others go first */
+    double not_before;   /* no acquire before this: a resign lets others go first */
     struct event *timer; /* next renew, or next look */
     unsigned refs;       /* 1 while attached, plus one per request in flight */
 };
@@ -212,10 +213,10 @@ struct rreq {
     relection *re; /* NULL for the handshake */
     reply_fn *fn;
     double sent;
-    int script;  /* which script, or -1 */
-    int load;    /* for SCRIPT LOAD: which script, else -1 */
+    int script; /* which script, or -1 */
+    int load;   /* for SCRIPT LOAD: which script, else -1 */
     bool holds_loop;
-    int argc;    /* the EVALSHA command, kept for an EVAL retry */
+    int argc; /* the EVALSHA command, kept for an EVAL retry */
     char **argv;
     size_t *argvlen;
 };
@@ -292,13 +293,20 @@ static bool parse_lease(const redisReply *r, lease *out)
 static const char *reply_type_name(int type)
 {
     switch (type) {
-    case REDIS_REPLY_STRING: return "string";
-    case REDIS_REPLY_ARRAY: return "array";
-    case REDIS_REPLY_INTEGER: return "integer";
-    case REDIS_REPLY_NIL: return "nil";
-    case REDIS_REPLY_STATUS: return "status";
-    case REDIS_REPLY_ERROR: return "error";
-    default: return "unknown";
+    case REDIS_REPLY_STRING:
+        return "string";
+    case REDIS_REPLY_ARRAY:
+        return "array";
+    case REDIS_REPLY_INTEGER:
+        return "integer";
+    case REDIS_REPLY_NIL:
+        return "nil";
+    case REDIS_REPLY_STATUS:
+        return "status";
+    case REDIS_REPLY_ERROR:
+        return "error";
+    default:
+        return "unknown";
     }
 }
 
@@ -626,9 +634,8 @@ static void acquire_reply(rreq *req, redisReply *r)
         ls_election_acquired(re->e, l.term, req->sent);
         return;
     }
-    long long pttl = r->elements > 2 && r->element[2]->type == REDIS_REPLY_INTEGER
-                         ? r->element[2]->integer
-                         : -1;
+    long long pttl =
+        r->elements > 2 && r->element[2]->type == REDIS_REPLY_INTEGER ? r->element[2]->integer : -1;
     re->may_hold = false; /* refused, and nothing else in flight */
     report_lease(re, &l);
     if (!re->e)
@@ -722,8 +729,8 @@ static void send_acquire(relection *re)
     char ttl[24], floor[24];
     snprintf(ttl, sizeof ttl, "%lld", re->ttl_ms);
     snprintf(floor, sizeof floor, "%" PRIu64, re->k->max_term);
-    const char *args[] = {re->k->key, re->k->counter, re->token, v->value, ttl, floor,
-                          re->k->channel};
+    const char *args[] = {re->k->key, re->k->counter, re->token,     v->value,
+                          ttl,        floor,          re->k->channel};
     const size_t lens[] = {CSTR, CSTR, CSTR, v->value_len, CSTR, CSTR, CSTR};
     if (send_script(re, SCRIPT_ACQUIRE, acquire_reply, 2, args, lens, 7)) {
         re->busy = OP_ACQUIRE;
@@ -737,8 +744,8 @@ static void send_renew(relection *re)
     char ttl[24], term[24];
     snprintf(ttl, sizeof ttl, "%lld", re->ttl_ms);
     snprintf(term, sizeof term, "%" PRIu64, re->term);
-    const char *args[] = {re->k->key, re->k->counter, term, re->token, ttl, v->value,
-                          re->k->channel};
+    const char *args[] = {re->k->key, re->k->counter, term,          re->token,
+                          ttl,        v->value,       re->k->channel};
     const size_t lens[] = {CSTR, CSTR, CSTR, CSTR, CSTR, v->value_len, CSTR};
     if (send_script(re, SCRIPT_RENEW, renew_reply, 2, args, lens, 7))
         re->busy = OP_RENEW;
@@ -1298,8 +1305,7 @@ static int redis_open(ls_store *store, const ls_store_config *cfg, char *err, si
         pass = strdup(opt_pass);
     }
     if (user && (!pass || !pass[0])) {
-        snprintf(err, errlen, "redis store: user name '%s' needs a password (auth.password)",
-                 user);
+        snprintf(err, errlen, "redis store: user name '%s' needs a password (auth.password)", user);
         goto fail;
     }
     if (pass && !pass[0]) {
