@@ -4,6 +4,7 @@
 
 extern const ls_backend ls_backend_memory;
 extern const ls_backend ls_backend_file;
+extern const ls_backend ls_backend_consul;
 extern const ls_backend ls_backend_etcd;
 extern const ls_backend ls_backend_redis;
 extern const ls_backend ls_backend_rediss;
@@ -12,6 +13,7 @@ extern const ls_backend ls_backend_zookeeper;
 static const ls_backend *const all_backends[] = {
     &ls_backend_memory,
     &ls_backend_file,
+    &ls_backend_consul,
     &ls_backend_etcd,
     &ls_backend_redis,
     &ls_backend_rediss,
@@ -22,6 +24,7 @@ static const ls_backend *const all_backends[] = {
 const char *const ls_backend_schemes[] = {
     "memory",
     "file",
+    "consul",
     "etcd",
     "redis",
     "rediss",

@@ -358,13 +358,20 @@ static void set_index_header(struct evhttp_request *req, uint64_t index)
 static const char *status_reason(int code)
 {
     switch (code) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Request Entity Too Large";
-    default: return "Internal Server Error";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Request Entity Too Large";
+    default:
+        return "Internal Server Error";
     }
 }
 
@@ -1167,6 +1174,43 @@ static void kv_delete(struct evhttp_request *req, const query *q, const char *ke
     reply_json(req, 200, json_boolean(ok));
 }
 
+/* ---- test hooks (not Consul's API) ---- */
+
+/* PUT /v1/double/rewind?index=N: what a Raft snapshot restore looks like to
+ * clients: every index drops to at most N and every blocking query returns
+ * at once (Consul closes all watches on a restore). Clients must notice the
+ * index going backwards and start their blocking loop again from 0. */
+static void double_rewind(struct evhttp_request *req, const query *q)
+{
+    uint64_t to;
+    if (!acl_allows(req, q, "operator:write", "rewind"))
+        return;
+    if (parse_u64(query_get(q, "index"), &to) || to == 0) {
+        reply_error(req, 400, "want ?index=N with N > 0");
+        return;
+    }
+    for (kv_entry *e = S.kvs; e; e = e->next) {
+        if (e->modify_index > to)
+            e->modify_index = to;
+        if (e->create_index > to)
+            e->create_index = to;
+    }
+    for (tombstone *t = S.tombstones; t; t = t->next)
+        if (t->index > to)
+            t->index = to;
+    for (session *s = S.sessions; s; s = s->next) {
+        if (s->modify_index > to)
+            s->modify_index = to;
+        if (s->create_index > to)
+            s->create_index = to;
+    }
+    S.index = S.kv_index = S.session_index = to;
+    logf_("rewound every index to %" PRIu64, to);
+    while (S.waiters)
+        waiter_reply(S.waiters);
+    reply_json(req, 200, json_true());
+}
+
 /* ---- routing ---- */
 
 static bool method_is(struct evhttp_request *req, enum evhttp_cmd_type want)
@@ -1213,6 +1257,9 @@ static void route(struct evhttp_request *req, void *arg)
     } else if (!strcmp(path, "/v1/session/list")) {
         if (method_is(req, EVHTTP_REQ_GET))
             session_list(req, &q);
+    } else if (!strcmp(path, "/v1/double/rewind")) {
+        if (method_is(req, EVHTTP_REQ_PUT))
+            double_rewind(req, &q);
     } else if (!strcmp(path, "/v1/status/leader")) {
         /* needs no token, as in Consul: the specs poll it for readiness */
         reply_json(req, 200, json_string("127.0.0.1:8300"));
@@ -1248,12 +1295,23 @@ int main(int argc, char **argv)
     S.node = "consul-double";
     for (int c; (c = getopt_long(argc, argv, "p:b:t:n:v", opts, NULL)) != -1;) {
         switch (c) {
-        case 'p': port = strtol(optarg, NULL, 10); break;
-        case 'b': bind = optarg; break;
-        case 't': S.acl_token = optarg; break;
-        case 'n': S.node = optarg; break;
-        case 'v': S.verbose = true; break;
-        default: usage();
+        case 'p':
+            port = strtol(optarg, NULL, 10);
+            break;
+        case 'b':
+            bind = optarg;
+            break;
+        case 't':
+            S.acl_token = optarg;
+            break;
+        case 'n':
+            S.node = optarg;
+            break;
+        case 'v':
+            S.verbose = true;
+            break;
+        default:
+            usage();
         }
     }
     if (port <= 0 || port > 65535 || optind != argc)
