@@ -87,20 +87,54 @@ static int add_host(ls_store_config *cfg, const char *start, size_t len, char *e
     return 0;
 }
 
-/* The URL with the password part of userinfo replaced by "***". */
+/* Replaces, in place, the values of query parameters that carry secrets
+ * (consul://h:p?token=...) with "***" (short ones with as many '*'), so
+ * the URL shown in messages and tostring(store) holds no secret. */
+static void redact_query(char *url)
+{
+    static const char *const secret[] = {"token", "password", "auth.password", NULL};
+    char *q = strchr(url, '?');
+    while (q) {
+        char *name = q + 1, *eq = strchr(name, '='), *end = name + strcspn(name, "&#");
+        q = *end == '&' ? end : NULL;
+        if (!eq || eq > end)
+            continue;
+        bool hide = false;
+        for (const char *const *n = secret; *n; n++)
+            hide = hide || ((size_t)(eq - name) == strlen(*n) && !strncmp(name, *n, strlen(*n)));
+        size_t vlen = (size_t)(end - eq - 1);
+        if (!hide || vlen == 0)
+            continue;
+        if (vlen <= 3) {
+            memset(eq + 1, '*', vlen);
+        } else {
+            memcpy(eq + 1, "***", 3);
+            memmove(eq + 4, end, strlen(end) + 1);
+            if (q)
+                q = eq + 4;
+        }
+    }
+}
+
+/* The URL with the password part of userinfo and secret query values
+ * replaced by "***". */
 static char *redact(const char *url)
 {
     const char *sep = strstr(url, "://");
     const char *authority = sep ? sep + 3 : url;
     const char *at = strchr(authority, '@');
     const char *slash = strpbrk(authority, "/?");
-    if (!at || (slash && slash < at))
-        return strdup(url);
-    const char *colon = memchr(authority, ':', (size_t)(at - authority));
-    size_t keep = (size_t)((colon ? colon : at) - url);
-    size_t len = keep + 4 + strlen(at) + 1;
-    char *out = malloc(len);
-    snprintf(out, len, "%.*s:***%s", (int)keep, url, at);
+    char *out;
+    if (!at || (slash && slash < at)) {
+        out = strdup(url);
+    } else {
+        const char *colon = memchr(authority, ':', (size_t)(at - authority));
+        size_t keep = (size_t)((colon ? colon : at) - url);
+        size_t len = keep + 4 + strlen(at) + 1;
+        out = malloc(len);
+        snprintf(out, len, "%.*s:***%s", (int)keep, url, at);
+    }
+    redact_query(out);
     return out;
 }
 
