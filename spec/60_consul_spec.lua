@@ -315,6 +315,9 @@ describe("consul store (against the Consul double)", function()
       it("the right token from the URL or the options: elected", function()
         for _, way in ipairs({ { locked.url .. "?token=" .. token }, { locked.url, { token = token } } }) do
           local s = assert(L.store(way[1], way[2]))
+          -- a token on the URL is masked wherever the URL is shown
+          assert.is_nil(tostring(s):find(token, 1, true))
+          assert.is_nil(s:url():find(token, 1, true))
           local log, record = recorder()
           local a = candidate(s, new_key(), "a", record)
           a:run()
