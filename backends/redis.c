@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "../runtime/log.h"
 #include "store.h"
@@ -55,7 +56,7 @@ enum { SCRIPT_ACQUIRE, SCRIPT_RENEW, SCRIPT_RELEASE, SCRIPT_READ, NSCRIPTS };
 /* KEYS: lease, counter. ARGV: token, value, ttl ms, floor term, channel.
  * Returns {1, lease} when we hold it, {0, lease, pttl} when someone else
  * does. A lease already carrying our token (a reply lost to a reconnect)
- * is ours: it is extended, not refused. */
+ * is ours: it keeps its term and gets our value and a fresh ttl. */
 static const char acquire_script[] =
     "local cur = redis.call('GET', KEYS[1])\n"
     "local count = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
@@ -70,9 +71,10 @@ static const char acquire_script[] =
     "  end\n"
     "end\n"
     "if cur then\n"
-    "  local _, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n')\n"
+    "  local t, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n')\n"
     "  if holder == ARGV[1] then\n"
-    "    redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "    cur = t .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2]\n"
+    "    redis.call('SET', KEYS[1], cur, 'PX', ARGV[3])\n"
     "    return {1, cur}\n"
     "  end\n"
     "  return {0, cur, redis.call('PTTL', KEYS[1])}\n"
@@ -164,8 +166,10 @@ struct rconn {
 struct rkey {
     char *key, *counter, *channel;
     uint64_t max_term;
-    double released_at; /* when one of ours last released it as leader */
-    bool subscribed;    /* SUBSCRIBE sent on the current subscriber connection */
+    double released_at;     /* when one of ours last released it as leader */
+    char release_token[17]; /* owed: to send on reconnect, or "" (one per key; */
+                            /* another such lease just expires) */
+    bool subscribed;        /* SUBSCRIBE sent on the current subscriber connection */
     rkey *next;
 };
 
@@ -245,12 +249,17 @@ static char *dup_printf(const char *fmt, const char *a, const char *b)
     return s;
 }
 
-static void make_token(char out[17])
+/* The holder token of election e: random per process, fixed per election
+ * object, so a campaign after a dropped connection recognises a lease that
+ * a command on the old connection wrote after we gave up on it, and takes
+ * it over instead of waiting out its ttl. */
+static void make_token(char out[17], const ls_election *e)
 {
-    static uint64_t fallback;
-    uint64_t r;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != sizeof r)
-        r = (uint64_t)(ls_now() * 1e9) ^ ((uint64_t)(uintptr_t)out << 16) ^ ++fallback;
+    static uint64_t base;
+    if (!base && getrandom(&base, sizeof base, GRND_NONBLOCK) != sizeof base)
+        base = (uint64_t)(ls_now() * 1e9) ^ (uint64_t)getpid() << 32;
+    /* odd multiplier: distinct elections stay distinct tokens */
+    uint64_t r = base ^ ((uint64_t)(uintptr_t)e * 0x9e3779b97f4a7c15u);
     snprintf(out, 17, "%016" PRIx64, r);
 }
 
@@ -553,7 +562,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
      * cancel sent after it must stay the last word */
     bool retry = r && r->type == REDIS_REPLY_ERROR && req->script >= 0 &&
                  !strncmp(r->str, "NOSCRIPT", 8) && c && !st->closing &&
-                 (req->re->e || req->script == SCRIPT_RELEASE);
+                 (req->script == SCRIPT_RELEASE || (req->re && req->re->e));
     if (!(retry && retry_as_eval(req)))
         req->fn(req, r);
     if (req->holds_loop)
@@ -719,8 +728,29 @@ static void read_reply(rreq *req, redisReply *r)
 static void release_reply(rreq *req, redisReply *r)
 {
     if (r && r->type == REDIS_REPLY_ERROR)
-        ls_log_event(LS_WARN, "redis release failed", "key", req->re->k->key, "error", r->str,
-                     NULL);
+        ls_log_event(LS_WARN, "redis release failed", "key", req->argv[3], "error", r->str, NULL);
+}
+
+/* Deletes k if token still holds it. True if sent. */
+static bool send_release(rstore *st, rkey *k, const char *token, bool hold_loop)
+{
+    const char *args[] = {k->key, token, k->channel};
+    rreq *req = req_new(st, NULL, release_reply, 3 + 3);
+    req->script = SCRIPT_RELEASE;
+    req_arg(req, 0, "EVALSHA", 7);
+    req_arg(req, 1, st->sha[SCRIPT_RELEASE], 40);
+    req_arg(req, 2, "1", 1);
+    for (int i = 0; i < 3; i++)
+        req_arg(req, 3 + i, args[i], strlen(args[i]));
+    if (!req_send(&st->cmd, req)) {
+        req_free(req);
+        return false;
+    }
+    if (hold_loop) {
+        req->holds_loop = true;
+        ls_loop_hold();
+    }
+    return true;
 }
 
 static void send_acquire(relection *re)
@@ -917,6 +947,11 @@ static void conn_ready(rconn *c)
         for (rkey *k = st->keys; k; k = k->next)
             subscribe(st, k);
     } else {
+        /* owed releases first: they must run before any new acquire */
+        for (rkey *k = st->keys; k; k = k->next) {
+            if (k->release_token[0] && send_release(st, k, k->release_token, false))
+                k->release_token[0] = '\0';
+        }
         each_election(st, NULL, step_cb, NULL);
     }
 }
@@ -1154,7 +1189,7 @@ static void attach(ls_store *store, ls_election *e)
     re->candidate = v->candidate;
     re->ttl = v->ttl;
     re->ttl_ms = (long long)(v->ttl * 1000 + 0.5);
-    make_token(re->token);
+    make_token(re->token, e);
     /* Right after we released the key (a resign), our own acquire would
      * beat the other candidates, who only hear of it by pub/sub. */
     if (re->candidate && re->k->released_at > 0)
@@ -1184,23 +1219,15 @@ static void redis_cancel(ls_store *store, ls_election *e)
     if (!re)
         return;
     rstore *st = re->st;
-    if (re->may_hold && st->cmd.state == CONN_READY) {
-        /* sent after any acquire in flight, so it runs after it */
-        const char *args[] = {re->k->key, re->token, re->k->channel};
-        rreq *req = req_new(st, re, release_reply, 3 + 3);
-        req->script = SCRIPT_RELEASE;
-        req_arg(req, 0, "EVALSHA", 7);
-        req_arg(req, 1, st->sha[SCRIPT_RELEASE], 40);
-        req_arg(req, 2, "1", 1);
-        for (int i = 0; i < 3; i++)
-            req_arg(req, 3 + i, args[i], strlen(args[i]));
-        if (req_send(&st->cmd, req)) {
-            req->holds_loop = true;
-            ls_loop_hold();
+    if (re->may_hold) {
+        /* sent after any acquire in flight, so it runs after it; with the
+         * connection down, it goes first when it is back, before any
+         * acquire (the token outlives this attempt: see make_token) */
+        if (st->cmd.state == CONN_READY && send_release(st, re->k, re->token, true)) {
             if (re->leader)
                 re->k->released_at = ls_now();
         } else {
-            req_free(req);
+            memcpy(re->k->release_token, re->token, sizeof re->token);
         }
     }
     re->leader = false;
