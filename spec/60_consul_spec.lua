@@ -288,6 +288,23 @@ describe("consul store (against the Consul double)", function()
       a:stop(); s:close()
     end)
 
+    it("tls options switch to https and reach libcurl (the double speaks plain HTTP)", function()
+      -- no TLS-speaking Consul here: this shows the https scheme and the
+      -- CA file are used, not a verified handshake
+      local function first_error(options)
+        local s = assert(L.store(srv.url, options))
+        local log, record = recorder()
+        local a = candidate(s, new_key(), "a", record)
+        a.retry = function() end
+        a:run()
+        loop_until(function() return find(log, "^a error") end, 3)
+        a:stop(); s:close()
+        return select(2, find(log, "^a error")) or table.concat(log, "\n")
+      end
+      assert.matches("certificate file: /nonexistent/ca.pem", first_error({ tls = { ca = "/nonexistent/ca.pem" } }))
+      assert.matches("SSL", first_error({ tls = true }))
+    end)
+
     describe("with ACLs", function()
       local locked
       local token = "tok-" .. math.random(1e9)
