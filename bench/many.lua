@@ -18,16 +18,20 @@ local elected, leaders, errors = 0, 0, 0
 local candidates = {}
 for i = 1, n do
   local c = L.candidate(store, prefix .. "/key-" .. i, "ours", { ttl = ttl })
-  local won = false
+  local won, held = false, false
   c.on_elected = function()
-    leaders = leaders + 1
+    held, leaders = true, leaders + 1
     if not won then
       won = true
       elected = elected + 1
       if elected == n then say("all-elected", n) end
     end
   end
-  c.on_lost = function() leaders = leaders - 1 end
+  -- on_lost can come without on_elected having run (a loss before the
+  -- handler's coroutine started cancels it)
+  c.on_lost = function()
+    if held then held, leaders = false, leaders - 1 end
+  end
   c.on_error = function() errors = errors + 1 end
   candidates[i] = c
   assert(c:run())

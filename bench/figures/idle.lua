@@ -1,6 +1,6 @@
 -- Figure 5, idle: one candidate holding leadership and doing nothing, for
 -- ctx.settings.idle seconds: RSS, CPU seconds, wake-ups (context switches
--- of all its threads) and writes (store requests sent). The four run at
+-- of all its threads) and requests sent to the store (TCP data segments). The four run at
 -- once: idle processes do not disturb each other.
 local P = require "proc"
 local L = require "leadership"
@@ -20,7 +20,7 @@ return function(ctx)
   end
   P.sleep(2)
   for _, p in ipairs(procs) do
-    p.cpu0, p.sw0, p.wr0 = P.cpu(p.proc), P.switches(p.proc), P.writes(p.proc)
+    p.cpu0, p.sw0, p.wr0 = P.cpu(p.proc), P.switches(p.proc), P.segments_out(p.proc, p.store.port)
   end
   local t0 = L.now()
   P.sleep(s.idle)
@@ -28,9 +28,11 @@ return function(ctx)
   for _, p in ipairs(procs) do
     local st = P.status(p.proc)
     if st and p.cpu0 then
+      local per_window = s.idle / dt
       results[p.store.name .. p.side.name] = {
-        rss = st.rss / 1024, cpu = P.cpu(p.proc) - p.cpu0,
-        wakeups = (P.switches(p.proc) - p.sw0) * s.idle / dt, writes = (P.writes(p.proc) - p.wr0) * s.idle / dt,
+        rss = st.rss / 1024, private = st.private / 1024, cpu = P.cpu(p.proc) - p.cpu0,
+        wakeups = (P.switches(p.proc) - p.sw0) * per_window,
+        writes = (P.segments_out(p.proc, p.store.port) - p.wr0) * per_window,
         threads = st.threads,
       }
     else
@@ -46,14 +48,15 @@ return function(ctx)
         ours = o[field], peer = p[field], target = target }
     end
     add("RSS", "MB", "rss", { ratio = 0.5 })
+    add("private memory (USS)", "MB", "private")
     add("CPU", "CPU s", "cpu")
     add("wake-ups (context switches)", "count", "wakeups")
-    add("writes to the store (syscw)", "count", "writes")
+    add("requests sent (TCP data segments)", "count", "writes")
     add("threads", "count", "threads")
     if o.wakeups and o.writes then
       -- a renewal is a timer wake-up, a send, and a wake-up for the reply
       local extra = math.max(0, o.wakeups - 2 * o.writes)
-      ctx.report.add { figure = figure, store = store.name, metric = "wake-ups beyond 2 per write", unit = "count",
+      ctx.report.add { figure = figure, store = store.name, metric = "wake-ups beyond 2 per request", unit = "count",
         ours = extra, peer = p.wakeups and p.writes and math.max(0, p.wakeups - 2 * p.writes),
         target = { ours = 0 } }
     end

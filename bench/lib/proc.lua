@@ -150,11 +150,17 @@ function P.cpu(proc)
   return (tonumber(fields[12]) + tonumber(fields[13])) / CLK_TCK
 end
 
--- Fields of /proc/<pid>/status in kB: VmRSS, VmHWM (peak RSS).
+-- Memory in kB: rss (VmRSS), hwm (VmHWM, peak RSS), private (USS), and
+-- the thread count.
 function P.status(proc)
   local text = read("/proc/" .. proc.pid .. "/status")
   if not text then return nil end
+  -- private pages (USS): what the process costs beyond shared libraries
+  local rollup = read("/proc/" .. proc.pid .. "/smaps_rollup") or ""
+  local private = (tonumber(rollup:match("Private_Clean:%s*(%d+)")) or 0)
+    + (tonumber(rollup:match("Private_Dirty:%s*(%d+)")) or 0)
   return {
+    private = private,
     rss = tonumber(text:match("VmRSS:%s*(%d+)")),
     hwm = tonumber(text:match("VmHWM:%s*(%d+)")),
     threads = tonumber(text:match("Threads:%s*(%d+)")),
@@ -174,11 +180,20 @@ function P.switches(proc)
   return total
 end
 
--- Write-type system calls so far (/proc/<pid>/io syscw): every request
--- sent to the store is at least one.
-function P.writes(proc)
-  local text = read("/proc/" .. proc.pid .. "/io") or ""
-  return tonumber(text:match("syscw:%s*(%d+)"))
+-- TCP segments with data the process has sent to 127.0.0.1:port over its
+-- open connections (ss -i data_segs_out): a request or a ping is one. Not
+-- /proc/<pid>/io syscw, which counts write() but not send().
+function P.segments_out(proc, port)
+  local out = P.sh(("ss -Htinp state established dst 127.0.0.1:%d 2>/dev/null"):format(port))
+  local total, mine = 0, false
+  for line in out:gmatch("[^\n]+") do
+    if line:match("^%s") then
+      if mine then total = total + (tonumber(line:match("data_segs_out:(%d+)")) or 0) end
+    else
+      mine = line:find("pid=" .. proc.pid .. ",", 1, true) ~= nil
+    end
+  end
+  return total
 end
 
 -- Established TCP connections from the process to 127.0.0.1:port.

@@ -35,7 +35,8 @@ function R.value(v, unit)
   if type(v) == "string" then return v end
   if unit == "ms" or unit == "MB" then return ("%.1f"):format(v) end
   if unit == "s" or unit == "CPU s" then return ("%.2f"):format(v) end
-  if unit == "req/s" or unit == "count" or unit == "conns" then return ("%.0f"):format(v) end
+  if unit == "req/s" then return ("%." .. (v < 10 and 1 or 0) .. "f"):format(v) end
+  if unit == "count" or unit == "conns" then return ("%.0f"):format(v) end
   return ("%g"):format(v)
 end
 

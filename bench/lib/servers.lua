@@ -89,10 +89,13 @@ end
 function S.zookeeper(dir)
   local client = free_port(taken)
   local conf = dir .. "/zk"
-  os.execute("mkdir -p " .. P.quote(conf .. "/data"))
+  -- on tmpfs where there is one, like etcd's
+  local data = io.open("/dev/shm") and P.sh("mktemp -d /dev/shm/leadership-bench-zk.XXXXXX"):gsub("%s+$", "")
+    or conf .. "/data"
+  os.execute("mkdir -p " .. P.quote(conf) .. " " .. P.quote(data))
   local f = assert(io.open(conf .. "/zoo.cfg", "w"))
   f:write(table.concat({
-    "tickTime=500", "dataDir=" .. conf .. "/data", "clientPort=" .. client,
+    "tickTime=500", "dataDir=" .. data, "clientPort=" .. client,
     "clientPortAddress=127.0.0.1", "maxClientCnxns=0", "admin.enableServer=false",
     "4lw.commands.whitelist=mntr,ruok,srvr", "minSessionTimeout=1000", "maxSessionTimeout=60000",
     "",
@@ -111,7 +114,10 @@ function S.zookeeper(dir)
     return tonumber(four_letters(client, "mntr"):match("zk_packets_received%s+(%d+)"))
   end
   function self.clear() end
-  function self.stop() P.stop(proc, 5) end
+  function self.stop()
+    P.stop(proc, 5)
+    os.execute("rm -rf " .. P.quote(data))
+  end
   self.version = four_letters(client, "srvr"):match("Zookeeper version: ([%d.]+)")
   return self
 end
