@@ -73,7 +73,7 @@ struct zk_msg {
     zk_msg *queued;      /* the store's queue, toward the loop */
     enum zk_msg_kind kind;
     zk_store *store;
-    uint64_t gen; /* the session it belongs to: stale once that one is over */
+    uint64_t gen;  /* the session it belongs to: stale once that one is over */
     zk_elec *elec; /* pinned while the request is out; NULL for the store's */
     enum zk_op op;
     unsigned epoch; /* elec->epoch at send: later steps make it stale */
@@ -121,10 +121,10 @@ struct zk_elec {
     bool parents_made;
     bool holding_loop;
     double ttl;
-    char *dir;        /* "/service/swarm/leader" */
-    char prefix[64];  /* "_c_<uuid>-" */
-    char *node;       /* our child's name once known */
-    uint64_t czxid;   /* our node's: the term while we lead */
+    char *dir;           /* "/service/swarm/leader" */
+    char prefix[64];     /* "_c_<uuid>-" */
+    char *node;          /* our child's name once known */
+    uint64_t czxid;      /* our node's: the term while we lead */
     struct event *timer; /* gives up waiting for a session; deferred failure */
     char *failure;       /* reported when the timer fires */
 };
@@ -144,8 +144,8 @@ struct zk_store {
     bool ping_out;
     bool session_for_followers; /* its timeout was not a candidate's ttl */
     unsigned dispatching;       /* inside on_wake: freeing the store waits */
-    bool closed;            /* the engine closed the store */
-    bool lose_create_reply; /* test hook */
+    bool closed;                /* the engine closed the store */
+    bool lose_create_reply;     /* test hook */
     uint64_t next_id;
     zk_elec *elecs;
     struct event *ping_timer;
@@ -505,8 +505,8 @@ static int conn_open(zk_store *s, char *err, size_t errlen)
         return -1;
     }
     if (s->auth_scheme)
-        zoo_add_auth(c->zh, s->auth_scheme, s->auth_credentials,
-                     (int)strlen(s->auth_credentials), NULL, NULL);
+        zoo_add_auth(c->zh, s->auth_scheme, s->auth_credentials, (int)strlen(s->auth_credentials),
+                     NULL, NULL);
     s->conn = c;
     s->connected = false;
     s->negotiated = 0;
@@ -620,14 +620,18 @@ static void elec_detach(zk_elec *el)
     el->leader = false;
     el->epoch++;
     evtimer_del(el->timer);
-    bool made_something = el->candidate && (el->phase == PH_CREATING ||
-                                            el->phase == PH_FINDING || el->phase == PH_QUEUED);
+    bool made_something = el->candidate && (el->phase == PH_CREATING || el->phase == PH_FINDING ||
+                                            el->phase == PH_QUEUED);
     if (!made_something || !s->conn) {
         elec_finish(el);
         return;
     }
+    /* Hold the loop while the delete is out, but not for ever: with no
+     * server to talk to, the node goes when the session does. The cleanup
+     * itself goes on after the hold is let go (at the next reconnect). */
     el->holding_loop = true;
     ls_loop_hold();
+    timer_arm(el->timer, s->timeout);
     if (el->node)
         send_delete(el);
     else if (el->phase == PH_FINDING)
@@ -653,9 +657,9 @@ static void new_prefix(zk_elec *el)
     b[6] = (b[6] & 0x0f) | 0x40; /* a version 4 uuid */
     b[8] = (b[8] & 0x3f) | 0x80;
     snprintf(el->prefix, sizeof el->prefix,
-             "_c_%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x-", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+             "_c_%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x-", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
 }
 
 static void wait_for_session(zk_elec *el)
@@ -713,8 +717,8 @@ static void watch_own(zk_elec *el)
     zk_store *s = el->store;
     char *path = child_path(el->dir, el->node);
     zk_msg *m = req_new(s, el, OP_WATCH_OWN, path);
-    req_sent(m, zoo_awexists(s->conn->zh, path, on_node_event, (void *)(uintptr_t)el->id,
-                             on_stat, m));
+    req_sent(m,
+             zoo_awexists(s->conn->zh, path, on_node_event, (void *)(uintptr_t)el->id, on_stat, m));
     free(path);
 }
 
@@ -806,8 +810,8 @@ static void on_checked(zk_elec *el, zk_msg *m)
     /* Wait for the predecessor only: its deletion wakes us and nobody else. */
     char *path = child_path(el->dir, pred);
     zk_msg *w = req_new(s, el, OP_WATCH_PRED, path);
-    req_sent(w, zoo_awexists(s->conn->zh, path, on_node_event, (void *)(uintptr_t)el->id,
-                             on_stat, w));
+    req_sent(w,
+             zoo_awexists(s->conn->zh, path, on_node_event, (void *)(uintptr_t)el->id, on_stat, w));
     free(path);
     path = child_path(el->dir, lowest);
     zk_msg *d = req_new(s, el, OP_LEADER_DATA, path);
@@ -899,8 +903,8 @@ static void follow_read(zk_elec *el)
     if (!s->connected)
         return;
     zk_msg *m = req_new(s, el, OP_F_CHILDREN, el->dir);
-    req_sent(m, zoo_awget_children2(s->conn->zh, el->dir, on_node_event,
-                                    (void *)(uintptr_t)el->id, on_children, m));
+    req_sent(m, zoo_awget_children2(s->conn->zh, el->dir, on_node_event, (void *)(uintptr_t)el->id,
+                                    on_children, m));
 }
 
 static void on_follow_children(zk_elec *el, zk_msg *m)
@@ -1167,8 +1171,7 @@ static void on_session(zk_store *s, int state)
                      NULL);
         session_lost(s, "ZooKeeper session expired: joining again with a new session", false);
     } else if (state == ZOO_AUTH_FAILED_STATE) {
-        session_lost(s, "ZooKeeper refused the credentials (auth.scheme/auth.credentials)",
-                     true);
+        session_lost(s, "ZooKeeper refused the credentials (auth.scheme/auth.credentials)", true);
     } else if (s->connected) {
         /* connecting again: the session may live on; leaders keep leading
          * until their deadline, which only an answer from the server moves */
@@ -1272,6 +1275,11 @@ static void on_ping_timer(evutil_socket_t fd, short what, void *arg)
 static void on_elec_timer(evutil_socket_t fd, short what, void *arg)
 {
     zk_elec *el = arg;
+    if (!el->e && el->holding_loop) {
+        el->holding_loop = false;
+        ls_loop_release();
+        return;
+    }
     if (!el->e || el->phase != PH_PENDING)
         return;
     el->refs++;

@@ -310,8 +310,9 @@ describe("zookeeper store", function()
       assert.truthy(lost, table.concat(log, "\n"))
       assert.equal("a lost deadline", log[lost])
       io.stderr:write(("\n[zookeeper] server frozen: leader stepped down after %.2f s (ttl 3)\n"):format(took))
-      -- at most 2/3 ttl past the last answered sync, sent at most 1/3 ttl before the freeze
-      assert.is_true(took <= 3.2, ("stepped down after %.2f s"):format(took))
+      -- 2/3 ttl past the last answered sync, sent at most 1/3 ttl before
+      -- the freeze: 3 s, plus timer slack on a busy machine
+      assert.is_true(took <= 3.5, ("stepped down after %.2f s"):format(took))
       assert.truthy(loop_until(function() return a:is_leader() end, 15), table.concat(log, "\n"))
       a:stop()
     end)
@@ -327,6 +328,7 @@ describe("zookeeper ensemble of 3", function()
 
   setup(function() ens = Z.ensemble(3) end)
   teardown(function() if ens then ens:stop() end end)
+  after_each(no_leaks)
 
   it("without quorum the leader steps down at its deadline, and leads again with it", function()
     local s = assert(L.store(ens.url))
@@ -346,10 +348,9 @@ describe("zookeeper ensemble of 3", function()
     assert.truthy(lost, table.concat(log, "\n"))
     assert.equal("a lost deadline", log[lost])
     io.stderr:write(("\n[zookeeper] quorum lost: leader stepped down after %.2f s (ttl 3)\n"):format(took))
-    assert.is_true(took <= 3.2, ("stepped down after %.2f s"):format(took))
+    assert.is_true(took <= 3.5, ("stepped down after %.2f s"):format(took))
     assert.truthy(loop_until(function() return a:is_leader() end, 20), table.concat(log, "\n"))
     a:stop()
-    no_leaks()
   end)
 
   it("keeps one leader when the server the leader's session uses is killed", function()
