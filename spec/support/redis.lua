@@ -26,7 +26,13 @@ function R:cli(...)
   return (H.sh(table.concat(words, " ") .. " 2>&1"):gsub("%s+$", ""))
 end
 
+local function listening(port)
+  return H.sh(("ss -Htln 'sport = :%d' 2>/dev/null"):format(port)):match("%S") ~= nil
+end
+
 function R:launch()
+  -- a killed server may take a moment to let go of its port
+  H.wait_until(function() return not listening(self.port) end, 5, 0.05)
   local argv = { CLEAN[1], CLEAN[2], CLEAN[3], "redis-server", "--bind", "127.0.0.1", "--port", tostring(self.port),
                  "--dir", self.dir, "--save", "", "--appendonly", "no",
                  "--daemonize", "no", "--logfile", self.dir .. "/redis.log" }
@@ -35,7 +41,10 @@ function R:launch()
     argv[#argv + 1] = self.password
   end
   self.proc = H.spawn(argv, { dir = self.dir })
-  local up = H.wait_until(function() return self:cli("PING") == "PONG" end, 10, 0.05)
+  local up = H.wait_until(function()
+    return self:cli("PING") == "PONG" or not H.alive(self.proc)
+  end, 10, 0.05)
+  up = up and H.alive(self.proc)
   if not up then
     local log = H.read(self.dir .. "/redis.log") or ""
     self:kill()
@@ -56,6 +65,7 @@ end
 -- Gone at once, no shutdown: what a crash looks like to clients.
 function R:kill()
   if self.proc and H.alive(self.proc) then
+    H.signal(self.proc, "CONT") -- in case a spec stopped it
     H.signal(self.proc, "KILL")
     H.wait_until(function() return not H.alive(self.proc) end, 5)
   end
