@@ -1426,6 +1426,11 @@ static void elec_start(zk_store *s, zk_elec *el)
         elec_fail_soon(el, message);
         return;
     }
+    if (el->candidate && v->value_len > ZK_MAX_VALUE - 1024) {
+        /* the server would drop the connection on every attempt */
+        elec_fail_soon(el, "value too large for ZooKeeper (1 MiB per node)");
+        return;
+    }
     if (el->candidate && s->conn && s->session_for_followers)
         session_reopen(s);
     if (!s->conn) {

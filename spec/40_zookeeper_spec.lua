@@ -269,6 +269,17 @@ describe("zookeeper store", function()
       zk:cli({ "deleteall /" .. key2 })
     end)
 
+    it("refuses a value larger than a node holds, as an error", function()
+      local s = assert(L.store(zk.url))
+      local log, record = recorder()
+      local big = L.candidate(s, new_key(), ("x"):rep(2 * 1024 * 1024), { ttl = 3 })
+      big.on_error = function(_, err) record("big", "error", err) end
+      big:run()
+      assert.truthy(loop_until(function() return find(log, "^big error value too large") end, 5), table.concat(log, "\n"))
+      assert.is_false(big:is_leader())
+      big:stop()
+    end)
+
     it("with digest auth, others can read the leader node but not delete it", function()
       local s = assert(L.store(zk.url, { auth = { scheme = "digest", credentials = "alice:secret" } }))
       local key = new_key()
