@@ -7,7 +7,9 @@
  * "<key>/" leads and that revision is the term; a waiting candidate watches
  * only the deletion of the key just before its own (etcd's concurrency
  * package, without the herd). Every watch of a store shares one /v3/watch
- * stream; unary calls share a pool of UNARY_CONNECTIONS.
+ * stream; unary calls share a pool of UNARY_CONNECTIONS, and the lease's
+ * own calls have a connection of their own, so a burst of campaigns never
+ * queues a keepalive behind it (its send time is every leader's deadline).
  *
  * Re-entrancy: a report to the engine may run Lua, which may cancel any
  * election or drop the store. Objects are therefore only marked dead while
@@ -27,7 +29,7 @@
 #include "../runtime/log.h"
 #include "store.h"
 
-#define UNARY_CONNECTIONS 3 /* + the watch stream: 4 per store at most */
+#define UNARY_CONNECTIONS 2 /* + lease calls + the watch stream: 4 per store at most */
 #define WATCH_BUCKETS 1024
 /* The watch stream asks for a progress report this often and counts the
  * member lost after STREAM_SILENCE seconds without a byte: with the
@@ -53,6 +55,7 @@ struct call {
     char *body;
     call_fn fn;
     void *ctx;
+    ls_http *via;
     ls_http_request *req;
     struct event *timer; /* retry delay */
     size_t endpoint;     /* member of the current attempt */
@@ -146,6 +149,7 @@ struct etcd {
     char *token;
     ls_http_request *auth_req;
     ls_http *http;       /* unary calls */
+    ls_http *lease_http; /* grants, keepalives, revokes */
     ls_http *watch_http; /* the one watch stream */
     call *calls;
     entry *entries;
@@ -476,7 +480,7 @@ static void call_send(call *c)
     char url[600], auth[600];
     const char *headers[3];
     snprintf(url, sizeof url, "%s%s", s->endpoints[c->endpoint], c->path);
-    c->req = ls_http_send(s->http, "POST", url, request_headers(s, headers, auth, sizeof auth),
+    c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, sizeof auth),
                           c->body, strlen(c->body), s->timeout, call_done, c);
     if (!c->req) {
         /* libcurl refused to set it up: try again shortly */
@@ -495,6 +499,7 @@ static call *call_start(etcd *s, const char *path, json_t *body, call_fn fn, voi
     json_decref(body);
     c->fn = fn;
     c->ctx = ctx;
+    c->via = strncmp(path, "/v3/lease/", 10) ? s->http : s->lease_http;
     c->timer = evtimer_new(ls_loop_base(), call_retry_cb, c);
     c->next = s->calls;
     if (c->next)
@@ -1722,6 +1727,7 @@ static void etcd_free(etcd *s)
     ls_http_cancel(s->stream);
     ls_http_cancel(s->auth_req);
     ls_http_free(s->http);
+    ls_http_free(s->lease_http);
     ls_http_free(s->watch_http);
     if (s->stream_timer)
         event_free(s->stream_timer);
@@ -1812,12 +1818,17 @@ static int etcd_open(ls_store *store, const ls_store_config *cfg, char *err, siz
                             .cert = cert,
                             .key = key,
                             .max_host_connections = UNARY_CONNECTIONS,
+                            .max_in_flight = UNARY_CONNECTIONS,
                             .connect_timeout = cfg->timeout};
     ls_http *http = ls_http_new(&opts, err, errlen);
     opts.max_host_connections = 1;
+    opts.max_in_flight = 0; /* the stream never ends: no queue for it */
     ls_http *watch_http = http ? ls_http_new(&opts, err, errlen) : NULL;
-    if (!watch_http) {
+    opts.max_in_flight = 1;
+    ls_http *lease_http = watch_http ? ls_http_new(&opts, err, errlen) : NULL;
+    if (!lease_http) {
         ls_http_free(http);
+        ls_http_free(watch_http);
         free(from_url_user);
         free(from_url_password);
         return -1;
@@ -1826,6 +1837,7 @@ static int etcd_open(ls_store *store, const ls_store_config *cfg, char *err, siz
     s->store = store;
     s->http = http;
     s->watch_http = watch_http;
+    s->lease_http = lease_http;
     s->timeout = cfg->timeout;
     s->user = user ? strdup(user) : NULL;
     s->password = user ? strdup(password ? password : "") : NULL;

@@ -33,12 +33,18 @@ struct ls_http {
     struct event *timer; /* the one non-repeating timer libcurl asks for */
     char *ca, *cert, *key;
     double connect_timeout;
-    unsigned connections;       /* open sockets, counted by open/close callbacks */
-    int depth;                  /* dispatch() frames on the stack */
-    bool freeing;               /* ls_http_free was called inside a dispatch */
-    ls_http_request *requests;  /* every live request, for ls_http_free */
-    ls_http_request *ready;     /* streams with buffered response data */
-    ls_http_request *graveyard; /* finished or cancelled, freed when depth is 0 */
+    unsigned connections;                /* open sockets, counted by open/close callbacks */
+    long max_in_flight;                  /* 0: no limit */
+    long in_flight;                      /* requests handed to libcurl */
+    ls_http_request *queue, *queue_tail; /* waiting for a slot, oldest first */
+    ls_http_request *failed;             /* libcurl refused them: reported by dispatch */
+    struct event *kick;                  /* runs dispatch for them */
+    bool shutting;                       /* client_free is under way: start nothing */
+    int depth;                           /* dispatch() frames on the stack */
+    bool freeing;                        /* ls_http_free was called inside a dispatch */
+    ls_http_request *requests;           /* every live request, for ls_http_free */
+    ls_http_request *ready;              /* streams with buffered response data */
+    ls_http_request *graveyard;          /* finished or cancelled, freed when depth is 0 */
 };
 
 struct ls_http_request {
@@ -52,6 +58,8 @@ struct ls_http_request {
     bool cancelled; /* no callback any more */
     bool retired;   /* off the multi handle and the live list */
     bool in_ready;
+    bool queued;     /* waiting in http->queue */
+    bool added;      /* on the multi handle */
     buffer response; /* unary: the body; stream: data not yet handed out */
     buffer upload;   /* stream: request body not yet taken by libcurl */
     size_t upload_off;
@@ -61,6 +69,7 @@ struct ls_http_request {
     ls_http_request *prev, *next; /* http->requests */
     ls_http_request *ready_next;
     ls_http_request *grave_next;
+    ls_http_request *queue_next;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -109,6 +118,8 @@ static void on_event(evutil_socket_t fd, short kind, void *arg)
     check_multi(http, curl_multi_socket_action(http->multi, fd, action, &running), "socket action");
     dispatch(http);
 }
+
+static void on_kick(evutil_socket_t fd, short kind, void *arg) { dispatch(arg); }
 
 static void on_timeout(evutil_socket_t fd, short kind, void *arg)
 {
@@ -254,6 +265,8 @@ static void request_free(ls_http_request *req)
 
 /* Takes req off the multi handle and the live list; frees it now or, if
  * a dispatch is on the stack (it may hold req), when the last one ends. */
+static void pump(ls_http *http);
+
 static void request_retire(ls_http_request *req)
 {
     ls_http *http = req->http;
@@ -261,6 +274,23 @@ static void request_retire(ls_http_request *req)
         return;
     req->retired = true;
     req->cancelled = true;
+    if (req->queued) {
+        ls_http_request **p = &http->queue, *prev = NULL;
+        while (*p != req) {
+            prev = *p;
+            p = &(*p)->queue_next;
+        }
+        *p = req->queue_next;
+        if (http->queue_tail == req)
+            http->queue_tail = prev;
+        req->queued = false;
+    }
+    for (ls_http_request **p = &http->failed; *p; p = &(*p)->queue_next) {
+        if (*p == req) {
+            *p = req->queue_next;
+            break;
+        }
+    }
     if (req->in_ready) {
         ls_http_request **p = &http->ready;
         while (*p != req)
@@ -268,8 +298,12 @@ static void request_retire(ls_http_request *req)
         *p = req->ready_next;
         req->in_ready = false;
     }
-    if (req->easy) {
+    if (req->added) {
         check_multi(http, curl_multi_remove_handle(http->multi, req->easy), "remove handle");
+        req->added = false;
+        http->in_flight--;
+    }
+    if (req->easy) {
         curl_easy_cleanup(req->easy);
         req->easy = NULL;
     }
@@ -286,10 +320,12 @@ static void request_retire(ls_http_request *req)
     } else {
         request_free(req);
     }
+    pump(http);
 }
 
 static void client_free(ls_http *http)
 {
+    http->shutting = true;
     while (http->requests)
         request_retire(http->requests);
     while (http->graveyard) {
@@ -300,6 +336,7 @@ static void client_free(ls_http *http)
     /* closes the pooled connections through on_close_socket */
     check_multi(http, curl_multi_cleanup(http->multi), "cleanup");
     event_free(http->timer);
+    event_free(http->kick);
     free(http->ca);
     free(http->cert);
     free(http->key);
@@ -325,6 +362,14 @@ static void fill_response(ls_http_request *req, ls_http_response *res, CURLcode 
 static void dispatch(ls_http *http)
 {
     http->depth++;
+    while (http->failed && !http->freeing) {
+        ls_http_request *req = http->failed;
+        http->failed = req->queue_next;
+        ls_http_response res = {.error = req->errbuf, .sent_at = req->sent_at};
+        req->cancelled = true;
+        req->done(req->arg, &res);
+        request_retire(req);
+    }
     while (http->ready && !http->freeing) {
         ls_http_request *req = http->ready;
         http->ready = req->ready_next;
@@ -394,6 +439,7 @@ ls_http *ls_http_new(const ls_http_options *opts, char *err, size_t errlen)
         return NULL;
     }
     http->timer = evtimer_new(ls_loop_base(), on_timeout, http);
+    http->kick = evtimer_new(ls_loop_base(), on_kick, http);
     CURLM *m = http->multi;
     CURLMcode rc = curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, on_socket);
     if (rc == CURLM_OK)
@@ -419,6 +465,7 @@ ls_http *ls_http_new(const ls_http_options *opts, char *err, size_t errlen)
         http->cert = opts->cert ? strdup(opts->cert) : NULL;
         http->key = opts->key ? strdup(opts->key) : NULL;
         http->connect_timeout = opts->connect_timeout;
+        http->max_in_flight = opts->max_in_flight;
     }
     return http;
 }
@@ -429,9 +476,9 @@ void ls_http_free(ls_http *http)
         return;
     if (http->depth > 0) {
         /* a callback of ours is on the stack: finish when it returns */
+        http->freeing = true;
         while (http->requests)
             request_retire(http->requests);
-        http->freeing = true;
         return;
     }
     client_free(http);
@@ -491,20 +538,60 @@ static ls_http_request *request_new(ls_http *http, const char *method, const cha
     return req;
 }
 
+/* Hands req to libcurl: its timeout runs from now. */
+static void request_add(ls_http_request *req)
+{
+    ls_http *http = req->http;
+    req->sent_at = ls_now();
+    CURLMcode rc = curl_multi_add_handle(http->multi, req->easy);
+    if (rc != CURLM_OK) {
+        /* reported as a failure from the loop, never from inside a call */
+        snprintf(req->errbuf, sizeof req->errbuf, "libcurl refused the request: %s",
+                 curl_multi_strerror(rc));
+        req->queue_next = http->failed;
+        http->failed = req;
+        struct timeval zero = {0, 0};
+        evtimer_add(http->kick, &zero);
+        return;
+    }
+    req->added = true;
+    http->in_flight++;
+}
+
+/* Starts queued requests while there is room. */
+static void pump(ls_http *http)
+{
+    while (http->queue && !http->shutting && !http->freeing &&
+           (http->max_in_flight == 0 || http->in_flight < http->max_in_flight)) {
+        ls_http_request *req = http->queue;
+        http->queue = req->queue_next;
+        if (!http->queue)
+            http->queue_tail = NULL;
+        req->queued = false;
+        req->queue_next = NULL;
+        request_add(req);
+    }
+}
+
 static ls_http_request *request_start(ls_http_request *req)
 {
     ls_http *http = req->http;
-    CURLMcode rc = curl_multi_add_handle(http->multi, req->easy);
-    if (rc != CURLM_OK) {
-        ls_log(LS_ERROR, "http: adding a request failed: %s", curl_multi_strerror(rc));
-        request_free(req);
-        return NULL;
-    }
-    req->sent_at = ls_now();
     req->next = http->requests;
     if (req->next)
         req->next->prev = req;
     http->requests = req;
+    if (http->max_in_flight && http->in_flight >= http->max_in_flight) {
+        /* wait for a slot, so the timeout counts only the exchange itself */
+        req->queued = true;
+        req->sent_at = ls_now();
+        if (http->queue_tail)
+            http->queue_tail->queue_next = req;
+        else
+            http->queue = req;
+        http->queue_tail = req;
+        return req;
+    }
+    request_add(req);
     return req;
 }
 

@@ -18,7 +18,10 @@ typedef struct ls_http_options {
     const char *ca;            /* PEM file of CAs to trust, or NULL: system store */
     const char *cert, *key;    /* client certificate and key (PEM), or NULL */
     long max_host_connections; /* per host:port; 0: no limit */
-    double connect_timeout;    /* seconds; 0: libcurl's default */
+    /* at most this many requests at once, later ones wait in order and
+     * their timeout starts only when they go out; 0: no limit */
+    long max_in_flight;
+    double connect_timeout; /* seconds; 0: libcurl's default */
 } ls_http_options;
 
 typedef struct ls_http_header {
