@@ -9,16 +9,21 @@
  * One session per store object, shared by all its elections. A candidate
  * is an ephemeral sequential node <key>/_c_<uuid>-<seq> holding its value;
  * the lowest sequence leads, its czxid is the term, and a waiting candidate
- * watches only its predecessor. The uuid makes the name "protected" (as in
- * Curator): when a create's reply is lost with the connection, the
+ * watches only its predecessor, so a leader leaving wakes one client, not
+ * all of them. (A waiter therefore reports the leader it saw when it
+ * joined or when its predecessor left; a follower watches the whole queue
+ * and always knows the current one.) The uuid makes the name "protected"
+ * (as in Curator): when a create's reply is lost with the connection, the
  * candidate finds its own node among the children instead of creating a
  * second one that nobody would ever delete.
  *
  * The session is the leadership. A leader's holding is valid from the send
  * time of the last request the server answered: a sync every third of the
- * session timeout, so a leader that stops hearing from ZooKeeper steps down
- * at its local deadline, before the server can expire the session and let
- * another candidate in. On expiry every election loses, a new session is
+ * session timeout (a sync, because it goes through the quorum leader: a
+ * server cut off from the quorum cannot answer it from a stale view, as
+ * it could a read). So a leader that stops hearing from ZooKeeper steps
+ * down at its local deadline, before the server can expire the session and
+ * let another candidate in. On expiry every election loses, a new session is
  * made and the candidates join again.
  */
 #define _GNU_SOURCE
@@ -125,7 +130,8 @@ struct zk_elec {
     char prefix[64];     /* "_c_<uuid>-" */
     char *node;          /* our child's name once known */
     uint64_t czxid;      /* our node's: the term while we lead */
-    struct event *timer; /* gives up waiting for a session; deferred failure */
+    struct event *timer; /* gives up waiting for a session; reports a deferred
+                            failure; bounds the loop hold while cleaning up */
     char *failure;       /* reported when the timer fires */
 };
 
