@@ -200,6 +200,8 @@ function Policy:ctx(term, reloaded)
     now = leadership().now,
     resign = function() if election.resign then election:resign() end end,
     is_leader = function() return election.is_leader ~= nil and election:is_leader() end,
+    -- the local deadline (monotonic, as ctx.now()) while leader, else nil
+    deadline = function() return election.deadline and election:deadline() end,
     leader = function() return election:leader() end,
     log = function(...) self:log("info", spec.node .. ":", ...) end,
   }
@@ -243,9 +245,10 @@ local function same(a, b)
   return true
 end
 
--- Reports a failed reload to the running policy's on_error. Called right
--- here, not as a task of the election: the election's handler tasks are
--- the very ones a reload may cancel. Its own failure is only logged.
+-- Reports a failed reload to the running policy's on_error, in the
+-- reloading coroutine (the watch's or SIGHUP's handler task), so the report
+-- is made before reload() returns. A failing on_error is only logged: it
+-- must not turn one error into two reports.
 function Policy:report(message)
   if not (self.election and self.spec.on_error) then return end
   local ok, err = xpcall(self.call, debug.traceback, self, "on_error", self:ctx(), message)
