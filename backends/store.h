@@ -76,7 +76,7 @@ typedef struct ls_backend {
      * last request. */
     void (*close)(ls_store *store);
 
-    /* Test hooks (memory backend): apply a fault by name; NULL elsewhere. */
+    /* Test hooks (memory, zk): apply a fault by name; NULL where none. */
     int (*inject)(ls_store *store, const char *fault, const char *arg, double value, char *err,
                   size_t errlen);
 } ls_backend;
