@@ -94,16 +94,16 @@ describe("leadership.watch_file", function()
   end)
 
   it("waits for a slow writer to close the file", function()
-    watch(0.1)
+    watch(0.3)
     local f = assert(io.open(path, "w"))
     for i = 1, 5 do
       f:write("-- part ", i, "\n")
       f:flush()
-      L.sleep(0.06) -- each gap is shorter than the quiet period
+      L.sleep(0.06) -- each gap is well within the quiet period
     end
     local closed = L.now()
     f:close()
-    L.sleep(0.4)
+    L.sleep(0.8)
     assert.equal(1, #calls)
     assert.is_true(at[1] >= closed)
   end)
