@@ -3,6 +3,10 @@
 # make demo       three `leadership run` processes on file://, leader killed
 # make bench      ours vs docker/leadership on etcd and ZooKeeper (~10 min; BENCH_QUICK=1
 #                 and the other knobs in bench/run); prints a table, writes bench/RESULTS.md
+# make chaos      five nodes per backend under random faults for CHAOS_SECONDS (120), on
+#                 CHAOS_BACKENDS (default: every installed one); prints the history
+#                 checker's table, fails on any violation (spec/chaos/run.lua); needs root
+#                 for the partition faults (network namespaces)
 # BUILD=dir       build somewhere else (helpers building side by side)
 
 BUILD    ?= build
@@ -30,7 +34,7 @@ BACKEND_SRC := $(wildcard backends/*.c)
 LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
-.PHONY: all test demo clean install format asan valgrind-test bench
+.PHONY: all test demo clean install format asan valgrind-test bench chaos
 all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
@@ -60,6 +64,14 @@ $(BUILD)/lua/leadership/%.lua: lua/leadership/%.lua
 $(BUILD)/consul-double: spec/support/consul-double.c
 	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libevent jansson)
 
+# The chaos run's TCP relay into the network namespaces of its nodes.
+$(BUILD)/chaos-relay: spec/chaos/relay.c
+	$(CC) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libevent)
+
+CHAOS_SECONDS ?= 120
+chaos: all $(BUILD)/consul-double $(BUILD)/chaos-relay
+	LEADERSHIP_BUILD=$(BUILD) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_BACKENDS=$(CHAOS_BACKENDS) $(LUA) spec/chaos/run.lua
+
 # luarocks calls this with LIBDIR/LUADIR/BINDIR of its tree.
 install: all
 	install -d $(LIBDIR)/leadership $(LUADIR)/leadership $(BINDIR)
@@ -67,7 +79,7 @@ install: all
 	install -m 644 $(LUA_SRC) $(LUADIR)/leadership/
 	install -m 755 $(BUILD)/leadership $(BINDIR)/
 
-test: all $(BUILD)/consul-double
+test: all $(BUILD)/consul-double $(BUILD)/chaos-relay
 	LEADERSHIP_BUILD=$(BUILD) $(TEST_ENV) $(BUSTED) --helper=spec/support/helper.lua $(SPECS)
 
 SPECS ?= spec

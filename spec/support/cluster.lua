@@ -5,10 +5,11 @@
 local C = {}
 C.__index = C
 
--- opts: store (URL), ttl, key, nodes (count, default 3), env (extra)
+-- opts: store (URL), ttl, key, nodes (count, default 3), env (extra),
+-- dir (default: a new temp dir)
 function C.start(opts)
   local self = setmetatable({
-    dir = H.tmpdir("cluster"), store = opts.store, ttl = opts.ttl or 2,
+    dir = opts.dir or H.tmpdir("cluster"), store = opts.store, ttl = opts.ttl or 2,
     key = opts.key or ("spec/" .. math.random(1e9)), procs = {}, names = {},
   }, C)
   self.stamps = self.dir .. "/stamps"
@@ -19,15 +20,35 @@ function C.start(opts)
   return self
 end
 
-function C:add(name, env)
+-- `wrap` (optional): an argv prefix the node runs under, e.g. the
+-- `ip netns exec NS` of a node the chaos run can cut off.
+function C:add(name, env, wrap)
   local e = { STORE = self.store, KEY = self.key, TTL = tostring(self.ttl), STAMP_FILE = self.stamps }
   for k, v in pairs(env or {}) do e[k] = v end
-  local proc = H.spawn({ H.bin, "run", "spec/support/stamp_policy.lua", "--node", name, "--log-level", "info" },
-    { env = e, stdout = self.dir .. "/" .. name .. ".out", stderr = self.dir .. "/" .. name .. ".err" })
-  proc.name = name
-  self.procs[name] = proc
+  local proc = self:spawn(name, e, wrap, name)
   self.names[#self.names + 1] = name
   return proc
+end
+
+function C:spawn(name, env, wrap, file)
+  local argv = {}
+  for _, a in ipairs(wrap or {}) do argv[#argv + 1] = a end
+  for _, a in ipairs({ H.bin, "run", "spec/support/stamp_policy.lua", "--node", name, "--log-level", "info" }) do
+    argv[#argv + 1] = a
+  end
+  local proc = H.spawn(argv, { env = env, stdout = self.dir .. "/" .. file .. ".out",
+                               stderr = self.dir .. "/" .. file .. ".err" })
+  proc.name, proc.env, proc.wrap = name, env, wrap
+  proc.incarnation = (self.procs[name] and self.procs[name].incarnation or 0) + 1
+  self.procs[name] = proc
+  return proc
+end
+
+-- Starts node `name` again (after a kill) with the same settings; its
+-- output goes to "<name>.<n>.out", so every incarnation's lines stay.
+function C:restart(name)
+  local old = self.procs[name]
+  return self:spawn(name, old.env, old.wrap, ("%s.%d"):format(name, old.incarnation + 1))
 end
 
 -- The lines a node printed ("elected 3 <time>", "lost session <time>", ...).
@@ -74,12 +95,15 @@ end
 
 function C:proc(name) return self.procs[name] end
 
--- Parses the stamps: list of { t, node, term } in file order.
+-- Parses the stamps: list of { t, node, term [, deadline] } in file
+-- order (deadline: the wall-clock local deadline, with STAMP_DEADLINE).
 function C:read_stamps()
   local list = {}
   for line in (H.read(self.stamps) or ""):gmatch("[^\n]+") do
-    local t, node, term = line:match("^([%d.]+) (%S+) (%d+)$")
-    if t then list[#list + 1] = { t = tonumber(t), node = node, term = tonumber(term) } end
+    local t, node, term, deadline = line:match("^([%d.]+) (%S+) (%d+) ?([%d.]*)$")
+    if t then
+      list[#list + 1] = { t = tonumber(t), node = node, term = tonumber(term), deadline = tonumber(deadline) }
+    end
   end
   return list
 end
