@@ -167,6 +167,7 @@ struct etcd {
     struct event *stream_timer;
     struct event *heartbeat;
     double last_data; /* when the stream last brought anything */
+    double opened_at;
     unsigned stream_failures;
     /* lifetime */
     int depth;
@@ -429,10 +430,15 @@ static void call_done(void *arg, const ls_http_response *res)
         return;
     }
     if (message) {
+        /* Unauthenticated, no token, or one older than the last change of
+         * users and roles */
         bool token_rejected = code == 16 || strstr(message, "invalid auth token") ||
-                              strstr(message, "user name is empty");
+                              strstr(message, "user name is empty") ||
+                              strstr(message, "revision of auth store is old");
         if (token_rejected && s->user && !c->auth_retried) {
             /* tokens expire: get a new one and go again, once */
+            ls_log(LS_INFO, "etcd: %s refused our token (%s); authenticating again",
+                   host_of(s, c->endpoint), message);
             c->auth_retried = true;
             free(s->token);
             s->token = NULL;
@@ -645,7 +651,7 @@ static void stream_open(etcd *s)
     snprintf(url, sizeof url, "%s/v3/watch", s->endpoints[s->current]);
     s->stream = ls_http_stream(s->watch_http, url, headers, stream_data, stream_done, s);
     s->inlen = 0;
-    s->last_data = ls_now();
+    s->last_data = s->opened_at = ls_now();
     struct timeval beat = {(time_t)STREAM_HEARTBEAT,
                            (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
     evtimer_add(s->heartbeat, &beat);
@@ -721,8 +727,15 @@ static void stream_message(etcd *s, json_t *msg)
 {
     json_t *result = json_object_get(msg, "result");
     if (!json_is_object(result)) {
+        /* a stream error nests it, a refused request does not */
         json_t *error = json_object_get(msg, "error");
-        const char *text = json_string_value(json_object_get(error, "message"));
+        const char *text = json_is_string(error)
+                               ? json_string_value(error)
+                               : json_string_value(json_object_get(error, "message"));
+        if (text && s->user && strstr(text, "auth token")) {
+            free(s->token); /* the reconnect authenticates again */
+            s->token = NULL;
+        }
         char why[300];
         snprintf(why, sizeof why, "%s", text ? text : "malformed message");
         stream_broken(s, why);
@@ -735,7 +748,10 @@ static void stream_message(etcd *s, json_t *msg)
         stream_broken(s, "malformed watch response");
         return;
     }
-    s->stream_failures = 0;
+    /* a stream that stays up a while is healthy again: reconnect quickly
+     * next time; one that breaks at once keeps backing off */
+    if (ls_now() - s->opened_at > 5)
+        s->stream_failures = 0;
     watch *w = watch_find(s, id);
     if (!w)
         return; /* a watch we stopped, or one the server refused before it had an id */

@@ -305,6 +305,42 @@ describe("etcd store", function()
         end
         assert.is_false(a:is_leader())
         a:stop(); f:stop(); s:close()
+        L.run(5) -- the clean-up, while the server still runs
+      end)
+    end
+  end)
+
+  describe("with a broken watch stream", function()
+    after_each(leak_check)
+    local have_python = H.have("python3", pending)
+
+    for _, mode in ipairs({ "watchjunk", "watchcut" }) do
+      it("turns '" .. mode .. "' into errors and reconnects; the leader stays", function()
+        if not have_python then return end
+        local port = H.free_port()
+        local upstream = srv.url:match(":(%d+)$")
+        local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), mode, upstream })
+        finally(function() H.signal(proc, "KILL") end)
+        assert.truthy(H.wait_until(function()
+          return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+        end, 5))
+        local s = assert(L.store("etcd://127.0.0.1:" .. port))
+        local key = new_key()
+        local log, record = recorder()
+        local a = candidate(s, key, "a", record)
+        local f = follower(s, key, "f", record)
+        a:run()
+        assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+        f:run()
+        assert.truthy(loop_until(function() return count(log, "^f error") >= 2 end, 10), table.concat(log, "\n"))
+        assert.matches("watch stream", select(2, find(log, "^f error")))
+        L.sleep(1)
+        -- the stream's trouble is no reason to step down: renewals go on
+        assert.is_true(a:is_leader())
+        assert.is_nil(find(log, "^a lost"), table.concat(log, "\n"))
+        assert.equal("a", (f:leader()))
+        a:stop(); f:stop(); s:close()
+        L.run(5) -- the clean-up, while the server still runs
       end)
     end
   end)
@@ -404,6 +440,7 @@ describe("etcd with TLS and authentication", function()
     assert.truthy(loop_until(function() return find(blog, "^b error") end, 5))
     assert.matches("certificate", blog[1])
     b:stop(); bad:close()
+    L.run(5)
   end)
 
   it("authenticates as a user; a wrong password is a clear error and never shown", function()
@@ -445,5 +482,32 @@ describe("etcd with TLS and authentication", function()
     assert.truthy(loop_until(function() return find(nlog, "^n error") end, 5))
     assert.matches("auth.username", nlog[1])
     b:stop(); bad:close(); n:stop(); none:close()
+    L.run(5)
+  end)
+
+  it("gets a new token when etcd has dropped the old one", function()
+    -- simple tokens unused for a second expire
+    local srv = E.start { args = { "--auth-token-ttl", "1" } }
+    finally(function() srv:stop() end)
+    srv:enable_auth("bob", "pw-of-bob")
+    local s = assert(L.store(srv.url, { auth = { username = "bob", password = "pw-of-bob" } }))
+    local log, record = recorder()
+    local a = candidate(s, new_key(), "a", record)
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+    a:stop()
+    L.sleep(2.5)
+    local b = candidate(s, new_key(), "b", record)
+    b:run()
+    assert.truthy(loop_until(function() return b:is_leader() end, 5), table.concat(log, "\n"))
+    assert.is_nil(find(log, " error "), table.concat(log, "\n"))
+    -- a permission change makes etcd refuse every older token for writes
+    assert.is_nil(srv:ctl("role", "add", "other"):match("Error"))
+    local c = candidate(s, new_key(), "c", record)
+    c:run()
+    assert.truthy(loop_until(function() return c:is_leader() end, 5), table.concat(log, "\n"))
+    assert.is_nil(find(log, " error "), table.concat(log, "\n"))
+    b:stop(); c:stop(); s:close()
+    L.run(5)
   end)
 end)

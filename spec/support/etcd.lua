@@ -48,6 +48,7 @@ local function member_argv(self, m)
     "--heartbeat-interval", "50", "--election-timeout", "500",
     "--logger", "zap", "--log-level", "warn",
   }
+  for _, a in ipairs(self.args or {}) do argv[#argv + 1] = a end
   if self.tls then
     for _, a in ipairs({ "--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
                          "--trusted-ca-file", self.tls.ca, "--client-cert-auth" }) do
@@ -57,10 +58,11 @@ local function member_argv(self, m)
   return argv
 end
 
--- opts: members (1 or 3), tls (true: make certificates)
+-- opts: members (1 or 3), tls (true: make certificates), args (more flags)
 function E.start(opts)
   opts = opts or {}
-  local self = setmetatable({ members = {}, root = data_root(), token = "t" .. math.random(1e9) }, E)
+  local self = setmetatable({ members = {}, root = data_root(), token = "t" .. math.random(1e9),
+                              args = opts.args }, E)
   if opts.tls then self.tls = E.make_certs(self.root) end
   local peers = {}
   for i = 1, opts.members or 1 do

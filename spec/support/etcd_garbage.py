@@ -7,13 +7,21 @@ against real bytes on a real socket.
   types      200 with JSON of the wrong shape (revision an array, ID an object)
   http500    500 with an HTML page
   hangup     closes the connection after half a status line
+
+and two that pass every unary call on to a real etcd (argv[3] is its
+port) but break the /v3/watch stream:
+
+  watchjunk  the stream answers with bytes that are not JSON
+  watchcut   the stream sends half a message and closes
 """
+import http.client
 import socket
 import sys
 import threading
 
 PORT = int(sys.argv[1])
 MODE = sys.argv[2]
+UPSTREAM = int(sys.argv[3]) if len(sys.argv) > 3 else None
 
 BODIES = {
     "badjson": (200, b'{"header":{"revision":"7"},"ID":"12'),
@@ -23,7 +31,64 @@ BODIES = {
 }
 
 
+def read_request(conn):
+    """The request line, headers and body (Content-Length only), or None."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return lines[0], headers, body
+
+
+def proxy(conn):
+    conn.settimeout(10)
+    try:
+        req = read_request(conn)
+        if not req:
+            return
+        line, headers, body = req
+        method, path, _ = line.split(" ", 2)
+        if path.startswith("/v3/watch"):
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            if MODE == "watchjunk":
+                junk = b'{"result":{"watch_id":"1","created":true}}\n%%%% not json at all'
+            else:
+                junk = b'{"result":{"header":{"revision":"5"},"watch_id":"1","ev'
+            conn.sendall(b"%x\r\n%s\r\n" % (len(junk), junk))
+            return
+        up = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=10)
+        fwd = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
+        up.request(method, path, body=body, headers=fwd)
+        resp = up.getresponse()
+        data = resp.read()
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % (resp.status, len(data)) + data)
+        up.close()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 def serve(conn):
+    if UPSTREAM:
+        return proxy(conn)
     conn.settimeout(5)
     try:
         while True:
