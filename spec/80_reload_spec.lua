@@ -43,8 +43,8 @@ describe("leadership.watch_file", function()
   end)
   after_each(function()
     L.watch_file(path, nil)
-    expect_nothing_alive()
     os.execute("rm -rf " .. H.quote(dir))
+    expect_nothing_alive()
   end)
 
   local function watch(quiet)
@@ -217,8 +217,8 @@ describe("policy:reload() on memory://", function()
     if policy then policy:stop() end
     if rival then rival:stop() end
     policy, rival = nil, nil
-    expect_nothing_alive()
     os.execute("rm -rf " .. H.quote(dir))
+    expect_nothing_alive()
   end)
 
   local function start(version, extra)
@@ -609,9 +609,11 @@ local function describe_processes(backend, have, make_store, stop_store)
   end)
 end
 
+local store_dir
 describe_processes("file://", true, function()
-  return "file://" .. H.tmpdir("reload-store")
-end)
+  store_dir = H.tmpdir("reload-store")
+  return "file://" .. store_dir
+end, function() if store_dir then os.execute("rm -rf " .. H.quote(store_dir)) end end)
 
 local etcd
 describe_processes("etcd", H.have("etcd", pending), function()
