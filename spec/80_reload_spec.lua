@@ -498,7 +498,7 @@ local function describe_processes(backend, have, make_store, stop_store)
       write(path, policy("v1"))
       for i = 1, 3 do
         procs[i] = H.spawn({ H.bin, "run", path, "--node", "n" .. i }, {
-          env = { STAMP_FILE = stamp_file },
+          env = { STAMP_FILE = stamp_file }, dir = dir,
           stdout = dir .. "/n" .. i .. ".out", stderr = dir .. "/n" .. i .. ".err",
         })
         if i == 1 then
