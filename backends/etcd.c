@@ -386,14 +386,18 @@ static void call_done(void *arg, const ls_http_response *res)
     call *c = arg;
     etcd *s = c->s;
     c->req = NULL;
-    char err[512];
+    char err[512], status_text[48];
     json_t *reply = NULL;
     int64_t code = 0;
     const char *message = NULL;
     if (!res->error) {
         json_error_t jerr;
         reply = json_loadb(res->body, res->len, 0, &jerr);
-        if (!json_is_object(reply)) {
+        if (!json_is_object(reply) && retryable(res->status, 0)) {
+            /* a proxy's error page: try the next member */
+            json_decref(reply);
+            reply = NULL;
+        } else if (!json_is_object(reply)) {
             snprintf(err, sizeof err, "etcd %s%s: malformed reply (HTTP %ld): %s",
                      host_of(s, c->endpoint), c->path, res->status,
                      reply ? "not a JSON object" : jerr.text);
@@ -412,8 +416,10 @@ static void call_done(void *arg, const ls_http_response *res)
             if (!message)
                 message = json_string_value(json_object_get(reply, "message"));
         }
-        if (!message && res->status != 200)
-            message = "unexpected HTTP status";
+        if (!message && res->status != 200) {
+            snprintf(status_text, sizeof status_text, "unexpected HTTP status %ld", res->status);
+            message = status_text;
+        }
     }
     if (res->error || retryable(res->status, code)) {
         endpoint_failed(s, c->endpoint, res->error ? res->error : message);

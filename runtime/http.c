@@ -518,6 +518,10 @@ static ls_http_request *request_new(ls_http *http, const char *method, const cha
     SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     SET(CURLOPT_CLOSESOCKETDATA, http);
     SET(CURLOPT_TCP_NODELAY, 1L);
+    /* long polls and streams sit idle: notice a peer that vanished */
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_TCP_KEEPIDLE, 10L);
+    SET(CURLOPT_TCP_KEEPINTVL, 5L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     if (timeout > 0)
         SET(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
