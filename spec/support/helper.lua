@@ -42,7 +42,8 @@ end
 -- returns { pid =, stdout =, stderr = }.
 function H.spawn(argv, opts)
   opts = opts or {}
-  local dir = opts.dir or H.tmpdir("proc")
+  -- a directory only when the caller gave neither file
+  local dir = opts.dir or ((not opts.stdout or not opts.stderr) and H.tmpdir("proc") or nil)
   local words = {}
   for i, a in ipairs(argv) do words[i] = H.quote(a) end
   local env = {}
