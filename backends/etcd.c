@@ -66,7 +66,12 @@ struct call {
     call *prev, *next; /* s->calls */
 };
 
-typedef enum { WATCH_EVENTS, WATCH_COMPACTED, WATCH_FAILED } watch_kind;
+typedef enum {
+    WATCH_EVENTS,    /* events: a JSON array */
+    WATCH_COMPACTED, /* history gone past our start: read again, watch anew */
+    WATCH_FAILED,    /* the stream broke (err); the watch resumes on reconnect */
+    WATCH_CANCELLED, /* the server ended this watch for good (err) */
+} watch_kind;
 typedef void (*watch_fn)(void *ctx, watch_kind kind, json_t *events, const char *err);
 
 /* One watch on the shared stream, with an id we choose. */
@@ -769,7 +774,7 @@ static void stream_message(etcd *s, json_t *msg)
         if (compact > 0)
             w->fn(w->ctx, WATCH_COMPACTED, NULL, NULL);
         else
-            w->fn(w->ctx, WATCH_FAILED, NULL, err);
+            w->fn(w->ctx, WATCH_CANCELLED, NULL, err);
         return;
     }
     size_t n = json_array_size(events);
@@ -1348,6 +1353,10 @@ static void leader_watch_cb(void *ctx, watch_kind kind, json_t *events, const ch
         ls_election_error(en->e, err);
         return;
     }
+    if (kind == WATCH_CANCELLED) {
+        entry_fail(en, err); /* the engine's backoff, then all anew */
+        return;
+    }
     /* deleted, or history compacted past our start: either way, ask the
      * lease whether it lives; if so, our key is gone */
     if (kind == WATCH_EVENTS) {
@@ -1375,6 +1384,10 @@ static void predecessor_watch_cb(void *ctx, watch_kind kind, json_t *events, con
         return;
     if (kind == WATCH_FAILED) {
         ls_election_error(en->e, err);
+        return;
+    }
+    if (kind == WATCH_CANCELLED) {
+        entry_fail(en, err); /* the engine's backoff, then all anew */
         return;
     }
     watch_stop(en->watch);
@@ -1595,6 +1608,10 @@ static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const 
         return;
     if (kind == WATCH_FAILED) {
         ls_election_error(en->e, err);
+        return;
+    }
+    if (kind == WATCH_CANCELLED) {
+        entry_fail(en, err); /* the engine's backoff, then all anew */
         return;
     }
     if (kind == WATCH_COMPACTED) {
