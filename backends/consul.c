@@ -559,8 +559,8 @@ static void ce_handle_read(celection *ce, enum phase phase, const ls_http_respon
     cstore *st = ce->st;
     char msg[512];
     if (res->status != 200 && res->status != 404) {
-        note_failure(st, res);
         describe(st, "reading the key", res, msg, sizeof msg);
+        note_failure(st, res);
         ce_request_failed(ce, msg);
         return;
     }
@@ -681,8 +681,8 @@ static void on_acquire(void *arg, const ls_http_response *res)
         session_lost(ce->sess, ce->sent_session, "an acquire found it invalid");
     } else {
         char msg[512];
-        note_failure(st, res);
         describe(st, "acquiring the key", res, msg, sizeof msg);
+        note_failure(st, res);
         ce_request_failed(ce, msg);
     }
     ce_unref(ce);
@@ -694,8 +694,8 @@ static void on_release(void *arg, const ls_http_response *res)
     ce->req = NULL;
     if (res->status != 200) {
         char msg[512];
-        note_failure(ce->st, res);
         describe(ce->st, "releasing the key", res, msg, sizeof msg);
+        note_failure(ce->st, res);
         /* nobody to tell: the session's end frees the key regardless */
         ls_log(LS_WARN, "%s", msg);
     }
@@ -836,8 +836,8 @@ static void on_session_created(void *arg, const ls_http_response *res)
         snprintf(msg, sizeof msg, "consul %s: creating a session: unexpected answer: %.120s",
                  st->hosts[st->cur], res->body ? res->body : "");
     } else {
-        note_failure(st, res);
         describe(st, "creating a session", res, msg, sizeof msg);
+        note_failure(st, res);
     }
     if (st->closing) {
         close_step(st);
@@ -861,8 +861,8 @@ static void on_session_renewed(void *arg, const ls_http_response *res)
     }
     if (res->status != 200) {
         char msg[512];
-        note_failure(st, res);
         describe(st, "renewing the session", res, msg, sizeof msg);
+        note_failure(st, res);
         arm(s->timer, RENEW_RETRY);
         celection **list = snapshot(st, on_session_leading, s);
         for (celection **p = list; *p; p++)

@@ -288,6 +288,18 @@ describe("consul store (against the Consul double)", function()
       a:stop(); s:close()
     end)
 
+    it("several agents: after a transport failure the next one is used", function()
+      local url = ("consul://127.0.0.1:%d,127.0.0.1:%d"):format(H.free_port(), srv.port)
+      local s = assert(L.store(url, { lock_delay = 0 }))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record)
+      a.retry = function() return 0.05 end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      assert.truthy(find(log, "^a error .*creating a session failed"))
+      a:stop(); s:close()
+    end)
+
     it("tls options switch to https and reach libcurl (the double speaks plain HTTP)", function()
       -- no TLS-speaking Consul here: this shows the https scheme and the
       -- CA file are used, not a verified handshake
