@@ -36,6 +36,7 @@ local function measure(ctx, side, store, n)
       m.cpu = cpu1 - cpu0
       m.rps = (req1 - req0) / (t1 - t0)
       m.rss = st.hwm / 1024
+      m.rss_now = st.rss / 1024
     end
   end
   if not m.cpu then ctx.note(name .. ": the process died (see " .. proc.stderr .. ")") end
@@ -65,6 +66,7 @@ return function(ctx)
       end
       add("time to elect all", "s", "elect", { ratio = 0.5 })
       add("peak RSS", "MB", "rss", { ratio = etcd and 0.1 or 0.2 })
+      add("RSS after steady state", "MB", "rss_now")
       add(("CPU over %g s steady"):format(s.steady), "CPU s", "cpu", etcd and { ratio = 0.05 } or nil)
       add("TCP connections to store", "conns", "connections", etcd and { ours = 4 } or nil)
       add("store requests/s steady", "req/s", "rps")

@@ -206,4 +206,57 @@ function P.connections(proc, port)
   return n
 end
 
+-- Wake-ups of an idle process, classified: strace -f -ttt of its blocking
+-- waits and sends for `seconds`, grouped into bursts (events closer than
+-- 100 ms). A burst with a renewal (a send whose first bytes match one of
+-- `renewals`, Lua patterns; any send if nil) is a renewal with its reply;
+-- any other burst is a wake-up between renewals. Started in the
+-- background; collect() returns { bursts, between } once it has ended.
+local BURST_GAP = 0.1
+local WAITS = "epoll_wait,epoll_pwait,poll,ppoll,select,pselect6,futex,nanosleep,clock_nanosleep"
+local SENDS = { sendto = true, sendmsg = true, write = true, writev = true }
+
+function P.trace_wakeups(proc, seconds, dir, renewals)
+  local out = ("%s/%s.strace"):format(dir, proc.name)
+  local tracer = P.spawn({ "timeout", "-s", "INT", tostring(seconds), "strace", "-f", "-ttt", "-s", "48",
+    "-o", out, "-e", "trace=" .. WAITS .. ",sendto,sendmsg,write,writev", "-p", tostring(proc.pid) },
+    dir, proc.name .. "-strace")
+  local function is_renewal(call)
+    if not renewals then return true end
+    for _, pattern in ipairs(renewals) do
+      if call:find(pattern) then return true end
+    end
+    return false
+  end
+  local t = {}
+  function t.collect()
+    P.wait(function() return not P.alive(tracer) end, seconds + 10)
+    -- the first burst is strace attaching: it prints the waits under way
+    local bursts, between, last, renewed, first = 0, 0, nil, false, true
+    local function close_burst()
+      if last and not first then
+        bursts = bursts + 1
+        if not renewed then between = between + 1 end
+      end
+      first = last == nil
+    end
+    for line in (read(out) or ""):gmatch("[^\n]+") do
+      local ts, rest = line:match("^%d+%s+(%d+%.%d+)%s+(.*)$")
+      ts = tonumber(ts)
+      if ts then
+        local name = rest:match("^<%.%.%. (%w+) resumed>") or rest:match("^(%w+)%(")
+        if last == nil or ts - last > BURST_GAP then
+          close_burst()
+          renewed = false
+        end
+        last = ts
+        if name and SENDS[name] and is_renewal(rest) then renewed = true end
+      end
+    end
+    close_burst()
+    return { bursts = bursts, between = between }
+  end
+  return t
+end
+
 return P

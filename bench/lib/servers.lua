@@ -106,7 +106,9 @@ function S.zookeeper(dir)
     "org.apache.zookeeper.server.ZooKeeperServerMain", conf .. "/zoo.cfg",
   }, dir, "zookeeper")
   local self = { name = "zookeeper", proc = proc, port = client, url = "zk://127.0.0.1:" .. client }
-  if not P.wait(function() return four_letters(client, "ruok"):find("imok") end, 30) then
+  -- "srvr" answers only once the server serves requests (ruok answers
+  -- earlier, and a session opened then can fail)
+  if not P.wait(function() return four_letters(client, "srvr"):find("Mode: standalone") end, 30) then
     error("ZooKeeper did not start: " .. (P.read(proc.stderr) or ""):sub(-2000))
   end
   -- Packets from clients: every request, pings included.

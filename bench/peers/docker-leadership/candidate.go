@@ -13,17 +13,35 @@ import (
 const stopGrace = 3 * time.Second
 
 // runCandidate campaigns for key until SIGTERM, then calls Stop(), which
-// deletes the lock when leader (a graceful handoff).
+// deletes the lock when leader (a graceful handoff). docker/leadership
+// ends the campaign on any store error; like a service using it, this
+// starts a new Candidate retryDelay later.
 func runCandidate(kv store.Store, key, node string, ttl time.Duration) {
-	c := leadership.NewCandidate(kv, key, node, ttl)
-	electedCh, errCh := c.RunForElection()
 	stop := stopSignal()
-	leader := false
 	for {
+		c := leadership.NewCandidate(kv, key, node, ttl)
+		electedCh, errCh := c.RunForElection()
+		if !campaign(c, node, electedCh, errCh, stop) {
+			return
+		}
+		select {
+		case <-time.After(retryDelay):
+		case <-stop:
+			return
+		}
+	}
+}
+
+// campaign follows one Candidate until it fails (true: try again) or the
+// process is told to stop (false).
+func campaign(c *leadership.Candidate, node string, electedCh <-chan bool, errCh <-chan error, stop <-chan struct{}) bool {
+	leader := false
+	for electedCh != nil || errCh != nil {
 		select {
 		case elected, ok := <-electedCh:
 			if !ok {
-				return
+				electedCh = nil
+				continue
 			}
 			// The library also sends false at the start of every round; it
 			// is a loss only after a win.
@@ -34,19 +52,24 @@ func runCandidate(kv store.Store, key, node string, ttl time.Duration) {
 			}
 			leader = elected
 		case err, ok := <-errCh:
-			if ok {
-				// docker/leadership gives up after any store error.
-				say("error", err.Error())
+			if !ok {
+				errCh = nil
+				continue
 			}
+			say("error", err.Error())
 		case <-stop:
 			c.Stop()
 			drain(electedCh, errCh)
 			if leader {
 				say("lost", node, "stop")
 			}
-			return
+			return false
 		}
 	}
+	if leader {
+		say("lost", node, "error")
+	}
+	return true
 }
 
 // drain reads both channels until the campaign goroutine closes them (it
