@@ -314,12 +314,13 @@ static void session_check(csession *s);
 static void session_lost(csession *s, const char *id, const char *why);
 static void session_idle_soon(csession *s);
 
-static celection *ce_new(cstore *st, ls_election *e)
+static celection *ce_new(cstore *st, ls_election *e, csession *sess)
 {
     struct ls_election_view *view = ls_election_view(e);
     celection *ce = calloc(1, sizeof *ce);
     ce->st = st;
     ce->e = e;
+    ce->sess = sess;
     ce->key = strdup(view->key);
     ce->path = kv_path(view->key);
     ce->candidate = view->candidate;
@@ -456,7 +457,7 @@ static void on_release(void *arg, const ls_http_response *res);
 
 /* A request could not even be set up (libcurl out of resources): try the
  * step again a little later rather than stall. */
-static void ce_retry_setup(celection *ce, enum phase phase)
+static void ce_retry_setup(celection *ce)
 {
     ls_log(LS_ERROR, "consul: could not start a request for '%s'; retrying", ce->key);
     ce->phase = PH_DELAY;
@@ -478,7 +479,7 @@ static void ce_read(celection *ce, enum phase phase)
     ce->phase = phase;
     ce->req = st_send(st, "GET", ce->path, block ? query : NULL, NULL, 0, timeout, on_read, ce);
     if (!ce->req)
-        ce_retry_setup(ce, phase);
+        ce_retry_setup(ce);
 }
 
 static void ce_acquire(celection *ce)
@@ -491,7 +492,7 @@ static void ce_acquire(celection *ce)
     ce->req = st_send(ce->st, "PUT", ce->path, query, ce->value, ce->len, ce->st->timeout,
                       on_acquire, ce);
     if (!ce->req)
-        ce_retry_setup(ce, PH_ACQUIRE);
+        ce_retry_setup(ce);
 }
 
 static void ce_release(celection *ce)
@@ -993,15 +994,13 @@ static void session_destroy(csession *s)
 static void consul_campaign(ls_store *store, ls_election *e)
 {
     cstore *st = store->impl;
-    celection *ce = ce_new(st, e);
-    ce->sess = session_for(st, ls_election_view(e)->ttl);
-    ce_start(ce);
+    ce_start(ce_new(st, e, session_for(st, ls_election_view(e)->ttl)));
 }
 
 static void consul_follow(ls_store *store, ls_election *e)
 {
     cstore *st = store->impl;
-    ce_start(ce_new(st, e));
+    ce_start(ce_new(st, e, NULL));
 }
 
 static void consul_cancel(ls_store *store, ls_election *e)
