@@ -282,7 +282,7 @@ static void __attribute__((noreturn)) child_exec(command *c, char **env, int go,
 
 /* Starts CMD; 0, or -1 with err. */
 static int command_start(command *c, char **extra, size_t nextra, double term_at, double kill_at,
-                         char *err, size_t errlen)
+                         const char *term, char *err, size_t errlen)
 {
     int go[2], report[2];
     if (pipe2(go, O_CLOEXEC) < 0) {
@@ -339,15 +339,19 @@ static int command_start(command *c, char **extra, size_t nextra, double term_at
         c->holding = true;
         ls_loop_hold();
     }
-    log_pgid(LS_DEBUG, "command started", pid, "command", c->argv[0]);
+    char pgid[16];
+    snprintf(pgid, sizeof pgid, "%d", (int)pid);
+    ls_log_event(LS_INFO, "command started", "pgid", pgid, "command", c->argv[0],
+                 term ? "term" : NULL, term, NULL);
     return 0;
 }
 
 /* ---- methods ---- */
 
 /* cmd:start(env, term_at, kill_at) -> pid | nil, err
- * env: { NAME = value } added to ours; the watchdog is armed with the
- * times (monotonic) before CMD runs.   [-0, +(1|2), e] */
+ * env: { NAME = value } added to ours (LEADERSHIP_TERM is also logged);
+ * the watchdog is armed with the times (monotonic) before CMD runs.
+ *   [-0, +(1|2), e] */
 static int command_start_method(lua_State *L)
 {
     command *c = check_command(L, 1);
@@ -377,8 +381,11 @@ static int command_start_method(lua_State *L)
     char **extra = malloc((nextra + 1) * sizeof *extra);
     for (size_t i = 0; i < nextra; i++)
         extra[i] = (char *)lua_tostring(L, 5 + (int)i);
+    /* the term, if given, is worth a field in the log line */
+    lua_getfield(L, 2, "LEADERSHIP_TERM");
+    const char *term = lua_tostring(L, -1);
     char err[300];
-    int r = command_start(c, extra, nextra, term_at, kill_at, err, sizeof err);
+    int r = command_start(c, extra, nextra, term_at, kill_at, term, err, sizeof err);
     free(extra);
     if (r < 0) {
         lua_pushnil(L);

@@ -208,6 +208,15 @@ local function follow(options)
   return f, store
 end
 
+-- Closes a store whose elections are closed and no longer referenced,
+-- and lets the backend finish (a release in flight) before we exit.
+local function close_store(store)
+  collectgarbage()
+  collectgarbage()
+  store:close()
+  require("leadership").run(10)
+end
+
 -- A leader value as one word of text: a table value (JSON in the store) as JSON.
 local function leader_text(leader)
   if type(leader) == "table" then return require("cjson").encode(leader) end
@@ -237,10 +246,9 @@ function M.leader(args)
   f.on_error = function(_, message) last_error = message end
   f:run()
   L.run(timeout)
-  f:stop()
   f:close()
-  store:close()
-  L.run(1) -- lets the store finish closing
+  f = nil
+  close_store(store)
   if not answer then
     io.stderr:write(("leadership: no answer from %s within %g s%s\n"):format(
       options.store, timeout, last_error and (": " .. last_error) or ""))
@@ -297,8 +305,8 @@ function M.watch(args)
   L.on_signal("TERM", nil)
   L.on_signal("INT", nil)
   f:close()
-  store:close()
-  L.run(1)
+  f = nil
+  close_store(store)
   return 0
 end
 

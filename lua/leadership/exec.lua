@@ -60,9 +60,7 @@ function M.run(opts)
       status = CANNOT_RUN
       stopping = true
       c:stop()
-      return
     end
-    L.log("info", ("command pid %d started for term %d"):format(pid, term))
   end
 
   local function terminate()
@@ -115,7 +113,13 @@ function M.run(opts)
   L.on_signal("INT", nil)
   cmd:close()
   c:close()
+  -- the election goes with the collector; then the store can close and
+  -- finish its release before we exit
+  c = nil
+  collectgarbage()
+  collectgarbage()
   store:close()
+  L.run(10)
   return status or 0
 end
 
