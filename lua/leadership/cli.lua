@@ -141,6 +141,8 @@ function M.run(args)
   L.on_signal("HUP", nil)
   L.watch_file(words[1], nil)
   if metrics then metrics:close() end
+  policy:close()
+  L.run(10) -- the backend's last requests (a lease revoke), bounded
   return 0
 end
 

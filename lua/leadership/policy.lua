@@ -305,4 +305,17 @@ function Policy:stop()
   if self.election then self.election:stop() end
 end
 
+-- Stops, then gives the store back so its backend can end the session
+-- (revoke the lease) while the caller still runs the loop.
+function Policy:close()
+  local election, store = self.election, self.store
+  self.election, self.store = nil, nil
+  if election then election:close() end
+  election = nil
+  -- the election holds the store until collected
+  collectgarbage()
+  collectgarbage()
+  if store then store:close() end
+end
+
 return M
