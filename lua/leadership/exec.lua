@@ -17,8 +17,8 @@ local CANNOT_RUN = 127
 local INTERNAL = 70
 
 -- opts: store (URL), store_options, key, node, ttl, grace, argv, metrics
--- (a leadership.metrics server, or nil). Returns the exit status, or nil
--- and a message if nothing could be started.
+-- (a leadership.metrics server, or nil; closed at the end). Returns the
+-- exit status, or nil and a message if nothing could be started.
 function M.run(opts)
   local L = require "leadership"
   local grace, ttl = opts.grace, opts.ttl
@@ -113,8 +113,9 @@ function M.run(opts)
   L.on_signal("INT", nil)
   cmd:close()
   c:close()
-  -- the election goes with the collector; then the store can close and
-  -- finish its release before we exit
+  -- the election goes with the collector (the metrics server holds it
+  -- too); then the store can close and finish its release before we exit
+  if opts.metrics then opts.metrics:close() end
   c = nil
   collectgarbage()
   collectgarbage()
