@@ -14,7 +14,10 @@
 --                one's                                              (must be 0)
 --   past dl      the longest a stamp came after its node's own local
 --                deadline (stamps past it are violations)           (must be 0)
---   after lost   stamps of a term later than its node's "lost" line (must be 0)
+--   outside      stamps outside every span of their node's "elected T" ..
+--                "lost" lines for that term (a node whose lease outlived
+--                a local step-down may lead again with the same term; no
+--                other node can have led in between)              (must be 0)
 --   crashes      nodes that died without being killed, sanitizer reports
 --                in any node's stderr                               (must be 0)
 --   stuck        no leader within the driver's bound after a heal, or the
@@ -57,8 +60,8 @@ local SANITIZER = { "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime 
 function M.backend(dir)
   local r = {
     faults = 0, by_kind = {}, terms = 0, stamps = 0, overlaps = 0, terms_not_rising = 0,
-    past_deadline = 0, past_deadline_max = 0, after_lost = 0, crashes = 0, stuck = 0, late = 0,
-    worst_no_leader = 0, worst_kind = "-", max_gap = 0, examples = {}, notes = {},
+    past_deadline = 0, past_deadline_max = 0, outside = 0, crashes = 0, stuck = 0, late = 0,
+    worst_no_leader = 0, worst_kind = "-", max_gap = 0, same_term = 0, examples = {}, notes = {},
   }
   local function example(fmt, ...)
     if #r.examples < 5 then r.examples[#r.examples + 1] = fmt:format(...) end
@@ -85,20 +88,36 @@ function M.backend(dir)
   r.faults = #faults
   r.ended = ended ~= nil
 
-  -- the events of every node incarnation: term -> time of its "lost"
-  local lost_at = {}
+  -- the leadership spans of every node incarnation: "node term" -> list
+  -- of { from, to } (to: its "lost" line, or never for a node killed)
+  local spans = {}
   for _, file in ipairs(list_dir(dir, "^node%-.*%.out$")) do
-    local term
+    local node = file:match("^(node%-%d+)")
+    local open
     for line in lines(read(dir .. "/" .. file)) do
-      local t = line:match("^elected (%d+) ")
-      if t then term = tonumber(t) end
-      local at = line:match("^lost %S+ ([%d.]+)")
-      if at and term then
-        lost_at[term] = tonumber(at)
-        term = nil
+      local term, at = line:match("^elected (%d+) ([%d.]+)")
+      if term then
+        local key = node .. " " .. term
+        spans[key] = spans[key] or {}
+        open = { from = tonumber(at), to = math.huge }
+        table.insert(spans[key], open)
+      end
+      at = line:match("^lost %S+ ([%d.]+)")
+      if at and open then
+        open.to = tonumber(at)
+        open = nil
       end
       if line:match("^late ") then r.late = r.late + 1 end
     end
+  end
+  for _, list in pairs(spans) do
+    if #list > 1 then r.same_term = r.same_term + #list - 1 end
+  end
+  local function inside(s)
+    for _, span in ipairs(spans[s.node .. " " .. s.term] or {}) do
+      if s.t >= span.from and s.t <= span.to then return true end
+    end
+    return false
   end
   for _, file in ipairs(list_dir(dir, "^node%-.*%.err$")) do
     local text = read(dir .. "/" .. file) or ""
@@ -134,10 +153,9 @@ function M.backend(dir)
         example("%s term %d stamped at %.6f, %.3f s past its deadline", s.node, s.term, s.t, s.t - s.deadline)
       end
       if s.deadline then r.past_deadline_max = math.max(r.past_deadline_max, s.t - s.deadline) end
-      local lost = lost_at[s.term]
-      if lost and s.t > lost then
-        r.after_lost = r.after_lost + 1
-        example("%s term %d stamped at %.6f, after its lost line at %.6f", s.node, s.term, s.t, lost)
+      if not inside(s) then
+        r.outside = r.outside + 1
+        example("%s term %d stamped at %.6f, outside its elected..lost spans", s.node, s.term, s.t)
       end
     end
   end
@@ -177,7 +195,7 @@ function M.backend(dir)
     local gap = next_t and next_t - f.heal
     if gap and gap > r.worst_no_leader then r.worst_no_leader, r.worst_kind = gap, f.kind end
   end
-  r.violations = r.overlaps + r.terms_not_rising + r.past_deadline + r.after_lost + r.crashes + r.stuck
+  r.violations = r.overlaps + r.terms_not_rising + r.past_deadline + r.outside + r.crashes + r.stuck
   if not r.ended then
     r.violations = r.violations + 1
     example("the driver did not finish (no 'end' in faults.log)")
@@ -212,14 +230,14 @@ function M.run(dir, out)
     out:write(table.concat(parts, " "), "\n")
   end
   local w = { -8, 6, 6, 8, 7, 7, 6, 7, 5, 4, 8, 10, 10 }
-  row({ "backend", "faults", "terms", "overlaps", "terms", "past", "after", "crashes", "stuck", "late", "max",
+  row({ "backend", "faults", "terms", "overlaps", "terms", "past", "out-", "crashes", "stuck", "late", "max",
         "no leader", "violations" }, w)
-  row({ "", "", "", "", "<= prev", "dl (s)", "lost", "", "", "", "gap (s)", "after heal", "" }, w)
+  row({ "", "", "", "", "<= prev", "dl (s)", "side", "", "", "", "gap (s)", "after heal", "" }, w)
   for _, n in ipairs(names) do
     local r = results[n]
     row({ n, r.faults, r.terms, r.overlaps, r.terms_not_rising,
           r.past_deadline > 0 and ("%.3f"):format(r.past_deadline_max) or "0",
-          r.after_lost, r.crashes, r.stuck, r.late, ("%.2f"):format(r.max_gap),
+          r.outside, r.crashes, r.stuck, r.late, ("%.2f"):format(r.max_gap),
           ("%.2f s"):format(r.worst_no_leader), r.violations }, w)
   end
   out:write("\nfaults by kind\n")
@@ -241,6 +259,14 @@ function M.run(dir, out)
     worst[#worst + 1] = ("%s %.2f s (%s)"):format(n, results[n].worst_no_leader, results[n].worst_kind)
   end
   out:write("\nworst time without a leader after a heal: ", table.concat(worst, ", "), "\n")
+  local again = {}
+  for _, n in ipairs(names) do
+    if results[n].same_term > 0 then again[#again + 1] = ("%s %d"):format(n, results[n].same_term) end
+  end
+  if #again > 0 then
+    out:write("led again with the same term after a local step-down (the lease outlived it): ",
+      table.concat(again, ", "), "\n")
+  end
   for _, n in ipairs(names) do
     local r = results[n]
     for _, note in ipairs(r.notes) do out:write(n, ": ", note, "\n") end
