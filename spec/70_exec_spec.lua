@@ -187,6 +187,28 @@ describe("leadership exec", function()
         assert.truthy(a_last < b_first, ("A's command worked until %.3f, B's began %.3f"):format(a_last, b_first))
       end)
 
+      if backend.name == "etcd" then
+        it("a loss the store reports (key deleted) ends the group; the next term's command starts after it", function()
+          local dir = tmp()
+          local key = "svc/deleted/" .. math.random(1e9)
+          local a = track(exec(dir, store.url, key, "A", { ignore_term = true }))
+          local pgid = H.wait_until(function() return O.first_command(dir, "A") end, 10)
+          assert.truthy(pgid, logs(a))
+          local term = O.terms(dir, "A")[1]
+          os.execute("sleep 0.3")
+          store.server:ctl("del", "--prefix", key)
+          assert.truthy(H.wait_until(function() return #O.terms(dir, "A") == 2 end, 5), logs(a))
+          local terms = O.terms(dir, "A")
+          assert.truthy(terms[2] > term)
+          -- the old group (its grandchild ignores SIGTERM) was gone first
+          assert.same({}, O.group(pgid))
+          local _, old_last = O.stamp_span(dir, "A", term)
+          local new_first = H.wait_until(function() return (O.stamp_span(dir, "A", terms[2])) end, 2)
+          assert.truthy(new_first and old_last < new_first, logs(a))
+          assert.truthy((H.read(a.stderr) or ""):find("reason=deleted", 1, true), logs(a))
+        end)
+      end
+
       it("SIGSTOP of the leader past its deadline: its command group is dead before the next leader's starts", function()
         local dir = tmp()
         local key = "svc/stop/" .. math.random(1e9)
