@@ -17,13 +17,8 @@ dependencies = {
   "lua >= 5.4, < 5.5",
   "lua-cjson",
 }
-external_dependencies = {
-  LIBEVENT = { header = "event2/event.h" },
-  JANSSON = { header = "jansson.h" },
-  CURL = { header = "curl/curl.h" },
-  HIREDIS = { header = "hiredis/hiredis.h" },
-  ZOOKEEPER = { header = "zookeeper/zookeeper.h" },
-}
+-- C libraries are found by the Makefile through pkg-config (Debian keeps
+-- some headers under multiarch paths luarocks does not search).
 build = {
   type = "make",
   build_variables = {

@@ -371,7 +371,8 @@ void ls_election_renewed(ls_election *e, double valid_from)
 
 void ls_election_lost(ls_election *e, const char *reason)
 {
-    if (e->state != LS_LEADER)
+    /* a leader resumed after a pause lost to its own deadline first */
+    if (e->state != LS_LEADER || deadline_passed(e))
         return;
     /* the backend keeps campaigning: only our view changes */
     evtimer_del(e->timer);
