@@ -2,7 +2,7 @@
 -- within about 0.1 s of the save, under the same term, with no election.
 --   build/leadership run examples/reload-demo.lua --node a
 --   build/leadership run examples/reload-demo.lua --node b   (another terminal)
--- Walkthrough: examples/RELOAD.md.
+-- Walkthrough: "Hot reload" in README.md.
 local leadership = require "leadership"
 
 local GREETING = "hello" -- change me, save, and watch the leader's output

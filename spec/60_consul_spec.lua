@@ -1,5 +1,5 @@
 -- The Consul backend against the Consul double (no Consul server can be
--- installed here; spec/support/CONSUL-DOUBLE.md says what the double
+-- installed here; README.md ("The Consul double") says what the double
 -- models). The double expires a session after exactly its TTL, where
 -- Consul may wait up to 2x: the stricter case for a client.
 --

@@ -10,7 +10,7 @@
  * sessions with TTL, Behavior, LockDelay and node checks; KV get/put/delete
  * with acquire, release, cas, flags and recurse; LockIndex, ModifyIndex,
  * CreateIndex, Session; blocking queries on KV reads; the lock-delay;
- * ACL tokens. What it does not model is listed in CONSUL-DOUBLE.md.
+ * ACL tokens. What it does not model is listed in README.md ("The Consul double").
  *
  * One deliberate difference: a session's TTL timer invalidates it after
  * exactly TTL. Consul multiplies the TTL by 2 before invalidating (it "may

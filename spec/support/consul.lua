@@ -1,6 +1,6 @@
 -- Starts the Consul double (spec/support/consul-double.c, built by `make`
 -- as $BUILD/consul-double) for the specs: 127.0.0.1, a free port, optional
--- ACL token. No real Consul can be installed here; see CONSUL-DOUBLE.md
+-- ACL token. No real Consul can be installed here; see "The Consul double" in README.md
 -- for what the double models and what it does not.
 local C = {}
 C.__index = C
