@@ -165,17 +165,23 @@ static void start_backend(ls_election *e)
     }
 }
 
-/* Leaves leadership for `reason`; the backend's activity is ended. */
-static void step_down(ls_election *e, const char *reason)
+/* A leader is one no longer: moves to `next` and tells the owner why. */
+static void leave_leadership(ls_election *e, ls_state next, const char *reason)
 {
     evtimer_del(e->timer);
     e->term = 0;
     e->deadline = 0;
     e->counters.lost++;
-    e->state = LS_IDLE;
+    e->state = next;
     ls_log_event(LS_INFO, "lost", "key", e->view.key, "reason", reason, NULL);
-    /* the owner hears of the loss before the store can hand the key on */
     e->hooks->lost(e->owner, reason);
+}
+
+/* Leaves leadership for `reason`; the backend's activity is ended. */
+static void step_down(ls_election *e, const char *reason)
+{
+    /* the owner hears of the loss before the store can hand the key on */
+    leave_leadership(e, LS_IDLE, reason);
     e->view.store->backend->cancel(e->view.store, e);
 }
 
@@ -257,15 +263,12 @@ void ls_election_stop(ls_election *e)
         e->state = LS_STOPPED;
         goto released;
     }
-    bool was_leader = e->state == LS_LEADER;
     bool backend_active = e->state != LS_BACKOFF;
-    evtimer_del(e->timer);
-    e->state = LS_STOPPED;
-    e->term = 0;
-    if (was_leader) {
-        e->counters.lost++;
-        ls_log_event(LS_INFO, "lost", "key", e->view.key, "reason", "stop", NULL);
-        e->hooks->lost(e->owner, "stop");
+    if (e->state == LS_LEADER) {
+        leave_leadership(e, LS_STOPPED, "stop");
+    } else {
+        evtimer_del(e->timer);
+        e->state = LS_STOPPED;
     }
     if (backend_active)
         e->view.store->backend->cancel(e->view.store, e);
@@ -375,13 +378,7 @@ void ls_election_lost(ls_election *e, const char *reason)
     if (e->state != LS_LEADER || deadline_passed(e))
         return;
     /* the backend keeps campaigning: only our view changes */
-    evtimer_del(e->timer);
-    e->term = 0;
-    e->deadline = 0;
-    e->counters.lost++;
-    e->state = LS_CAMPAIGNING;
-    ls_log_event(LS_INFO, "lost", "key", e->view.key, "reason", reason, NULL);
-    e->hooks->lost(e->owner, reason);
+    leave_leadership(e, LS_CAMPAIGNING, reason);
 }
 
 void ls_election_leader(ls_election *e, const char *value, size_t len, uint64_t term)
@@ -417,13 +414,8 @@ void ls_election_failed(ls_election *e, const char *message)
     e->counters.errors++;
     e->counters.last_error = ls_now();
     ls_log_event(LS_WARN, "store error", "key", e->view.key, "error", message, NULL);
-    if (e->state == LS_LEADER) {
-        evtimer_del(e->timer);
-        e->term = 0;
-        e->counters.lost++;
-        e->state = LS_IDLE;
-        e->hooks->lost(e->owner, "session");
-    }
+    if (e->state == LS_LEADER)
+        leave_leadership(e, LS_IDLE, "session");
     e->state = LS_IDLE;
     e->hooks->error(e->owner, message);
     if (e->state == LS_IDLE)
