@@ -1,12 +1,15 @@
 #!/bin/sh
-# Installs what `make bench` needs beyond the build: the Go toolchain and
-# docker/leadership with docker/libkv as Debian packages them (the peer is
-# built from those sources, offline), the two stores, and the tools the
-# runner reads the processes with. Only what is missing; as root.
+# Installs what `make bench` needs: the Go toolchain and docker/leadership
+# with docker/libkv as Debian packages them (the peer is built from those
+# sources, offline), the two stores, the tools the runner reads the
+# processes with, and our own build's packages (as in bootstrap.sh), so a
+# fresh clone runs `make bench` alone. Only what is missing; as root.
 set -eu
 
 PACKAGES="golang-go golang-github-docker-leadership-dev golang-github-docker-libkv-dev
-  etcd-server zookeeper default-jre-headless curl iproute2 procps lua5.4"
+  etcd-server zookeeper default-jre-headless curl iproute2 procps strace
+  gcc make libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libjansson-dev
+  libcurl4-openssl-dev libevent-dev libzookeeper-mt-dev libhiredis-dev"
 
 need=""
 for package in $PACKAGES; do

@@ -107,6 +107,8 @@ function R.machine(servers)
     { "Go", trim(P.sh("go version 2>/dev/null")) },
   }
   for _, s in ipairs(servers) do m[#m + 1] = { s.name .. " server", s.version or "?" } end
+  -- other work on the machine skews the CPU-bound figures: say how much
+  m[#m + 1] = { "load average at the end (1, 5, 15 min)", (P.read("/proc/loadavg") or ""):match("^(%S+ %S+ %S+)") or "?" }
   return m
 end
 
