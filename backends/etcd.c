@@ -906,6 +906,12 @@ static entry **lease_snapshot(lease *l, size_t *n)
     return list;
 }
 
+static void entry_unwatch(entry *en)
+{
+    watch_stop(en->watch);
+    en->watch = NULL;
+}
+
 static void unwait(entry *en)
 {
     if (en->state != E_WAIT_RELEASE)
@@ -936,8 +942,7 @@ static void lease_dead(lease *l, const char *why)
         led[i] = en->state == E_LEADER;
         call_cancel(en->call);
         en->call = NULL;
-        watch_stop(en->watch);
-        en->watch = NULL;
+        entry_unwatch(en);
         en->key_gone = false;
         unwait(en);
         en->state = E_WAIT_LEASE;
@@ -1040,8 +1045,7 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
         } else if (sent_at > en->gone_at) {
             /* the lease outlived our key: it was deleted behind our back */
             en->key_gone = false;
-            watch_stop(en->watch);
-            en->watch = NULL;
+            entry_unwatch(en);
             en->state = E_WAIT_LEASE;
             ls_election_lost(en->e, "deleted");
             if (!en->dead)
@@ -1283,8 +1287,7 @@ static void entry_end(entry *en)
     if (en->e)
         ls_election_view(en->e)->backend_data = NULL;
     en->e = NULL;
-    watch_stop(en->watch);
-    en->watch = NULL;
+    entry_unwatch(en);
     if (en->candidate && en->name && en->lease && en->lease->alive) {
         if (en->state == E_CREATING)
             release_start(s, en->name, en->call); /* takes the call over */
@@ -1344,19 +1347,30 @@ static void key_gone(entry *en)
         lease_keepalive(l);
 }
 
+/* What every watch of an entry does first: nothing once the entry is
+ * dead; a broken stream is reported (the watch resumes on reconnect); a
+ * cancelled watch fails the entry (the engine's backoff, then all anew).
+ * True when that settled the event. */
+static bool watch_settled(entry *en, watch_kind kind, const char *err)
+{
+    if (en->dead)
+        return true;
+    if (kind == WATCH_FAILED) {
+        ls_election_error(en->e, err);
+        return true;
+    }
+    if (kind == WATCH_CANCELLED) {
+        entry_fail(en, err);
+        return true;
+    }
+    return false;
+}
+
 static void leader_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
 {
     entry *en = ctx;
-    if (en->dead)
+    if (watch_settled(en, kind, err))
         return;
-    if (kind == WATCH_FAILED) {
-        ls_election_error(en->e, err);
-        return;
-    }
-    if (kind == WATCH_CANCELLED) {
-        entry_fail(en, err); /* the engine's backoff, then all anew */
-        return;
-    }
     /* deleted, or history compacted past our start: either way, ask the
      * lease whether it lives; if so, our key is gone */
     if (kind == WATCH_EVENTS) {
@@ -1371,8 +1385,7 @@ static void leader_watch_cb(void *ctx, watch_kind kind, json_t *events, const ch
             return;
         key_gone(en);
     } else {
-        watch_stop(en->watch);
-        en->watch = NULL;
+        entry_unwatch(en);
         entry_check(en);
     }
 }
@@ -1380,18 +1393,9 @@ static void leader_watch_cb(void *ctx, watch_kind kind, json_t *events, const ch
 static void predecessor_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
 {
     entry *en = ctx;
-    if (en->dead)
+    if (watch_settled(en, kind, err))
         return;
-    if (kind == WATCH_FAILED) {
-        ls_election_error(en->e, err);
-        return;
-    }
-    if (kind == WATCH_CANCELLED) {
-        entry_fail(en, err); /* the engine's backoff, then all anew */
-        return;
-    }
-    watch_stop(en->watch);
-    en->watch = NULL;
+    entry_unwatch(en);
     entry_check(en);
 }
 
@@ -1604,22 +1608,13 @@ static void entry_read(entry *en);
 static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const char *err)
 {
     entry *en = ctx;
-    if (en->dead)
+    if (watch_settled(en, kind, err))
         return;
-    if (kind == WATCH_FAILED) {
-        ls_election_error(en->e, err);
-        return;
-    }
-    if (kind == WATCH_CANCELLED) {
-        entry_fail(en, err); /* the engine's backoff, then all anew */
-        return;
-    }
     if (kind == WATCH_COMPACTED) {
         /* events were lost: read everything again (etcd issue 18163) */
         ls_log(LS_INFO, "etcd: history of '%s' compacted past our watch; reading it again",
                en->prefix);
-        watch_stop(en->watch);
-        en->watch = NULL;
+        entry_unwatch(en);
         entry_read(en);
         return;
     }
@@ -1629,8 +1624,7 @@ static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const 
         kv k;
         if (!kv_parse(json_object_get(ev, "kv"), &k)) {
             ls_election_error(en->e, "etcd: malformed watch event; reading again");
-            watch_stop(en->watch);
-            en->watch = NULL;
+            entry_unwatch(en);
             entry_read(en);
             return;
         }
@@ -1641,8 +1635,7 @@ static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const 
             /* who is next is not in the event: read it (at once, the watch
              * goes on from the read's revision) */
             kv_free(&k);
-            watch_stop(en->watch);
-            en->watch = NULL;
+            entry_unwatch(en);
             entry_read(en);
             return;
         }

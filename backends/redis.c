@@ -1392,17 +1392,15 @@ fail:
     return -1;
 }
 
-const ls_backend ls_backend_redis = {
-    .scheme = "redis",
-    .min_ttl = 0.5,
-    .max_ttl = 86400 * 365,
-    .open = redis_open,
-    .campaign = redis_campaign,
-    .follow = redis_follow,
-    .cancel = redis_cancel,
-    .close = redis_close,
-    .inject = NULL,
-};
+/* redis:// and rediss:// differ only in how a store opens. */
+#define REDIS_BACKEND(scheme_name, open_fn)                                                        \
+    {                                                                                              \
+        .scheme = scheme_name, .min_ttl = 0.5, .max_ttl = 86400 * 365, .open = open_fn,            \
+        .campaign = redis_campaign, .follow = redis_follow, .cancel = redis_cancel,                \
+        .close = redis_close, .inject = NULL,                                                      \
+    }
+
+const ls_backend ls_backend_redis = REDIS_BACKEND("redis", redis_open);
 
 /* rediss:// is a known scheme with a clear refusal, not "unknown backend". */
 static int rediss_open(ls_store *store, const ls_store_config *cfg, char *err, size_t errlen)
@@ -1413,14 +1411,4 @@ static int rediss_open(ls_store *store, const ls_store_config *cfg, char *err, s
     return -1;
 }
 
-const ls_backend ls_backend_rediss = {
-    .scheme = "rediss",
-    .min_ttl = 0.5,
-    .max_ttl = 86400 * 365,
-    .open = rediss_open,
-    .campaign = redis_campaign,
-    .follow = redis_follow,
-    .cancel = redis_cancel,
-    .close = redis_close,
-    .inject = NULL,
-};
+const ls_backend ls_backend_rediss = REDIS_BACKEND("rediss", rediss_open);

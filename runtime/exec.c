@@ -471,20 +471,6 @@ static int command_close(lua_State *L)
     return 0;
 }
 
-/* __index: methods, then the object's own fields.   [-0, +1, -] */
-static int command_index(lua_State *L)
-{
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, -2) != LUA_TNIL)
-        return 1;
-    lua_getiuservalue(L, 1, 1);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    return 1;
-}
-
 /* __newindex: on_exit and on_error must be functions; a misspelt on_* is
  * an error.   [-0, +0, e] */
 static int command_newindex(lua_State *L)
@@ -516,7 +502,7 @@ static void command_metatable(lua_State *L)
         return;
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, command_index);
+    lua_pushcfunction(L, ls_lua_index);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, command_newindex);
     lua_setfield(L, -2, "__newindex");

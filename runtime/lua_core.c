@@ -32,6 +32,19 @@ static int traceback_handler(lua_State *L)
 
 void ls_lua_push_traceback_handler(lua_State *L) { lua_pushcfunction(L, traceback_handler); }
 
+int ls_lua_index(lua_State *L)
+{
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "methods");
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, -2) != LUA_TNIL)
+        return 1;
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
 void ls_lua_push_value(lua_State *L, const char *value, size_t len)
 {
     lua_rawgetp(L, LUA_REGISTRYINDEX, &decoder_key);

@@ -19,4 +19,9 @@ void ls_lua_push_value(lua_State *L, const char *value, size_t len);
 /* Pushes a message handler that adds a traceback.   [-0, +1, -] */
 void ls_lua_push_traceback_handler(lua_State *L);
 
+/* __index of a userdata whose metatable holds a `methods` table and whose
+ * user value 1 its own fields: methods first, then the fields.
+ * [-0, +1, -] */
+int ls_lua_index(lua_State *L);
+
 #endif

@@ -374,20 +374,6 @@ static int election_gc(lua_State *L)
     return 0;
 }
 
-/* __index: methods first, then the object's own fields.   [-0, +1, -] */
-static int election_index(lua_State *L)
-{
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, -2) != LUA_TNIL)
-        return 1;
-    lua_getiuservalue(L, 1, 1);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    return 1;
-}
-
 static bool is_callable(lua_State *L, int index)
 {
     if (lua_isfunction(L, index))
@@ -528,7 +514,7 @@ static void new_metatable(lua_State *L, const char *name, const luaL_Reg *method
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, election_index);
+    lua_pushcfunction(L, ls_lua_index);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, election_newindex);
     lua_setfield(L, -2, "__newindex");
