@@ -64,13 +64,17 @@ typedef struct kv_entry {
     char session[37]; /* "" when unlocked */
 } kv_entry;
 
-/* A deleted key's last index, so a recursive read's index never slides
- * back when the newest key under a prefix goes (Consul's graveyard). */
-typedef struct tombstone {
-    struct tombstone *next;
+/* What a key leaves behind, one list of each kind: a tombstone holds a
+ * deleted key's last index, so a recursive read's index never slides back
+ * when the newest key under a prefix goes (Consul's graveyard); a lock
+ * delay holds a key whose lock was freed by an invalidated session:
+ * acquiring it is refused until `until` (monotonic seconds). */
+typedef struct key_mark {
+    struct key_mark *next;
     char *key;
-    uint64_t index;
-} tombstone;
+    uint64_t index; /* tombstones */
+    double until;   /* lock delays */
+} key_mark;
 
 typedef struct session {
     struct session *next;
@@ -83,14 +87,6 @@ typedef struct session {
     uint64_t create_index, modify_index;
     struct event *timer;
 } session;
-
-/* Keys whose lock was freed by an invalidated session: acquiring them is
- * refused until `until` (monotonic seconds). */
-typedef struct lock_delay {
-    struct lock_delay *next;
-    char *key;
-    double until;
-} lock_delay;
 
 /* A parked blocking query on /v1/kv. */
 typedef struct waiter {
@@ -117,9 +113,9 @@ static struct {
     uint64_t kv_index;      /* the KV table's index (incl. tombstones) */
     uint64_t session_index; /* the sessions table's index */
     kv_entry *kvs;
-    tombstone *tombstones;
+    key_mark *tombstones;
     session *sessions;
-    lock_delay *delays;
+    key_mark *delays;
     waiter *waiters;
 } S;
 
@@ -487,18 +483,32 @@ static void kv_notify(const char *key)
     }
 }
 
+static key_mark *key_mark_find(key_mark *list, const char *key)
+{
+    for (key_mark *m = list; m; m = m->next)
+        if (!strcmp(m->key, key))
+            return m;
+    return NULL;
+}
+
+/* The mark of `key` in *list, added if it has none. */
+static key_mark *key_mark_get(key_mark **list, const char *key)
+{
+    key_mark *m = key_mark_find(*list, key);
+    if (m)
+        return m;
+    m = xmalloc(sizeof *m);
+    m->key = xstrdup(key);
+    m->index = 0;
+    m->until = 0;
+    m->next = *list;
+    *list = m;
+    return m;
+}
+
 static void tombstone_set(const char *key, uint64_t index)
 {
-    for (tombstone *t = S.tombstones; t; t = t->next)
-        if (!strcmp(t->key, key)) {
-            t->index = index;
-            return;
-        }
-    tombstone *t = xmalloc(sizeof *t);
-    t->key = xstrdup(key);
-    t->index = index;
-    t->next = S.tombstones;
-    S.tombstones = t;
+    key_mark_get(&S.tombstones, key)->index = index;
 }
 
 static void kv_delete_entry(kv_entry *e, uint64_t index)
@@ -528,24 +538,13 @@ static void kv_touch(kv_entry *e, uint64_t index)
 static void lock_delay_set(const char *key, double seconds)
 {
     double until = mono_now() + seconds;
-    for (lock_delay *d = S.delays; d; d = d->next)
-        if (!strcmp(d->key, key)) {
-            d->until = until;
-            return;
-        }
-    lock_delay *d = xmalloc(sizeof *d);
-    d->key = xstrdup(key);
-    d->until = until;
-    d->next = S.delays;
-    S.delays = d;
+    key_mark_get(&S.delays, key)->until = until;
 }
 
 static double lock_delay_left(const char *key)
 {
-    for (lock_delay *d = S.delays; d; d = d->next)
-        if (!strcmp(d->key, key))
-            return d->until - mono_now();
-    return 0;
+    key_mark *d = key_mark_find(S.delays, key);
+    return d ? d->until - mono_now() : 0;
 }
 
 /* ---- sessions ---- */
@@ -877,7 +876,7 @@ static uint64_t kv_read_index(const char *key, bool recurse)
     for (kv_entry *e = S.kvs; e; e = e->next)
         if (has_prefix(e->key, key) && e->modify_index > max)
             max = e->modify_index;
-    for (tombstone *t = S.tombstones; t; t = t->next)
+    for (key_mark *t = S.tombstones; t; t = t->next)
         if (has_prefix(t->key, key) && t->index > max)
             max = t->index;
     return max ? max : S.kv_index;
@@ -1195,7 +1194,7 @@ static void double_rewind(struct evhttp_request *req, const query *q)
         if (e->create_index > to)
             e->create_index = to;
     }
-    for (tombstone *t = S.tombstones; t; t = t->next)
+    for (key_mark *t = S.tombstones; t; t = t->next)
         if (t->index > to)
             t->index = to;
     for (session *s = S.sessions; s; s = s->next) {
