@@ -1,31 +1,13 @@
 -- The engine on memory://: every path driven deterministically with the
 -- memory backend's fault hooks.
 local L = require "leadership"
+local Rec = require "record"
 
-local store_count = 0
-local function new_store()
-  store_count = store_count + 1
-  return assert(L.store("memory://engine-" .. store_count))
-end
+local new_store = Rec.memory_stores("engine")
+local recorder = Rec.recorder
 
--- Records handler calls as strings: "a elected 1", "b lost resign", ...
-local function recorder()
-  local log = {}
-  local function record(...)
-    local parts = {}
-    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log[#log + 1] = table.concat(parts, " ")
-  end
-  return log, record
-end
-
-local function candidate(store, name, log, options)
-  local c = L.candidate(store, "svc/leader", name, options or { ttl = 1 })
-  c.on_elected = function(_, term) log(name, "elected", term) end
-  c.on_lost = function(_, reason) log(name, "lost", reason) end
-  c.on_leader_change = function(_, leader, term) log(name, "sees", leader, term) end
-  c.on_error = function(_, err) log(name, "error", err) end
-  return c
+local function candidate(store, name, record, options)
+  return Rec.candidate(store, "svc/leader", name, record, options or { ttl = 1 })
 end
 
 local function index_of(list, item)
@@ -35,11 +17,7 @@ end
 describe("engine on memory://", function()
   after_each(function()
     -- run the loop dry, collect, and expect nothing alive
-    L.run(2)
-    collectgarbage()
-    collectgarbage()
-    local live = L.live()
-    assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, live)
+    Rec.nothing_alive()
   end)
 
   it("elects one, reports leader changes, hands over on resign", function()

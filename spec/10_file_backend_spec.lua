@@ -4,18 +4,14 @@
 -- holder file's lock, with records written by hand.
 local L = require "leadership"
 local cjson = require "cjson"
+local Rec = require "record"
 
 local KEY = "svc/leader"
 local KEY_FILE = "svc%2Fleader"
 
 local BOOT_ID = (H.read("/proc/sys/kernel/random/boot_id") or ""):gsub("%s+$", "")
 
--- Runs the loop until fn() is truthy or `timeout` seconds pass.
-local function wait_for(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.005) end
-  return fn()
-end
+local function wait_for(fn, timeout) return Rec.loop_until(fn, timeout, 0.005) end
 
 -- Handler calls, each { at = L.now(), what = "elected", ... }.
 local made = {} -- every candidate and follower, stopped after each spec
@@ -111,10 +107,7 @@ describe("file:// backend", function()
     -- a failed spec must not leave its elections to fail the next one
     for _, c in ipairs(made) do c:stop() end
     made = {}
-    L.run(2)
-    collectgarbage()
-    collectgarbage()
-    assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+    Rec.nothing_alive()
     -- every closed store removed its holder file
     for _, parent in ipairs(dirs) do
       for _, name in ipairs(list(parent .. "/store/holders")) do

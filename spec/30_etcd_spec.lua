@@ -4,67 +4,18 @@
 local L = require "leadership"
 local E = require "etcd"
 local C = require "cluster"
+local Rec = require "record"
 
 local have = H.have("etcd", pending) and H.have("etcdctl", pending)
 
-local key_count = 0
-local function new_key()
-  key_count = key_count + 1
-  return ("spec/etcd/%d-%d/%d"):format(os.time(), math.random(1e6), key_count)
-end
-
--- Records handler calls as strings: "a elected 7", "b sees a 7", ...
-local function recorder()
-  local log = {}
-  return log, function(...)
-    local parts = {}
-    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log[#log + 1] = table.concat(parts, " ")
-  end
-end
-
-local function find(log, pattern, from)
-  for i = from or 1, #log do
-    if log[i]:match(pattern) then return i, log[i] end
-  end
-end
-
-local function count(log, pattern)
-  local n = 0
-  for _, line in ipairs(log) do if line:match(pattern) then n = n + 1 end end
-  return n
-end
+local new_key = Rec.keys("etcd")
+local recorder, find, count, follower, loop_until = Rec.recorder, Rec.find, Rec.count, Rec.follower, Rec.loop_until
 
 local function candidate(store, key, name, record, ttl)
-  local c = L.candidate(store, key, name, { ttl = ttl or 3 })
-  c.on_elected = function(_, term) record(name, "elected", term) end
-  c.on_lost = function(_, reason) record(name, "lost", reason) end
-  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  c.on_error = function(_, err) record(name, "error", err) end
-  return c
+  return Rec.candidate(store, key, name, record, { ttl = ttl or 3 })
 end
 
-local function follower(store, key, name, record)
-  local f = L.follower(store, key)
-  f.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  f.on_error = function(_, err) record(name, "error", err) end
-  return f
-end
-
--- Runs the loop until fn() is truthy or `timeout` seconds pass.
-local function loop_until(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.01) end
-  return fn()
-end
-
-local function leak_check()
-  L.run(5)
-  collectgarbage()
-  collectgarbage()
-  L.run(2)
-  assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
-end
+local function leak_check() Rec.nothing_alive(5, 2) end
 
 -- Established TCP connections from this process to 127.0.0.1:port.
 local function my_connections(port)

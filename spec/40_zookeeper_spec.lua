@@ -5,64 +5,21 @@
 local L = require "leadership"
 local Z = require "zookeeper"
 local C = require "cluster"
+local Rec = require "record"
 
 local have = Z.have(pending)
 
-local key_count = 0
-local function new_key()
-  key_count = key_count + 1
-  return ("spec/zk/%d/%d"):format(os.time(), key_count)
-end
-
--- Records handler calls as strings: "a elected 42", "b sees a 42", ...
-local function recorder()
-  local log = {}
-  return log, function(...)
-    local parts = {}
-    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log[#log + 1] = table.concat(parts, " ")
-  end
-end
-
-local function find(log, pattern, from)
-  for i = from or 1, #log do
-    if log[i]:match(pattern) then return i, log[i] end
-  end
-end
+local new_key = Rec.keys("zk")
+local recorder, find, follower, loop_until = Rec.recorder, Rec.find, Rec.follower, Rec.loop_until
 
 local function candidate(store, key, name, record, ttl)
-  local c = L.candidate(store, key, name, { ttl = ttl or 3 })
-  c.on_elected = function(_, term) record(name, "elected", term) end
-  c.on_lost = function(_, reason) record(name, "lost", reason) end
-  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  c.on_error = function(_, err) record(name, "error", err) end
-  return c
-end
-
-local function follower(store, key, name, record)
-  local f = L.follower(store, key)
-  f.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  f.on_error = function(_, err) record(name, "error", err) end
-  return f
-end
-
--- Runs the loop until fn() is truthy or `timeout` seconds pass.
-local function loop_until(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.01) end
-  return fn()
+  return Rec.candidate(store, key, name, record, { ttl = ttl or 3 })
 end
 
 -- For Z:cli: keeps the loop (and so renewals) running while zkCli runs.
 local function wait(done) assert(loop_until(done, 40), "zkCli did not finish") end
 
-local function no_leaks()
-  L.run(3)
-  collectgarbage()
-  collectgarbage()
-  L.run(1)
-  assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
-end
+local function no_leaks() Rec.nothing_alive(3, 1) end
 
 describe("zookeeper store", function()
   if not have then return end

@@ -3,31 +3,12 @@
 -- `leadership run` processes checked through their work stamps.
 local L = require "leadership"
 local R = require "redis"
+local Rec = require "record"
 
 local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
 
-local key_count = 0
-local function new_key()
-  key_count = key_count + 1
-  return ("spec/redis/%d/%d"):format(os.time(), key_count)
-end
-
--- Records handler calls as strings: "a elected 1", "b sees a 1", ...
-local function recorder()
-  local log = {}
-  return log, function(...)
-    local parts = {}
-    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log[#log + 1] = table.concat(parts, " ")
-  end
-end
-
--- The first line matching pattern, at or after index `from`.
-local function find(log, pattern, from)
-  for i = from or 1, #log do
-    if log[i]:match(pattern) then return i, log[i] end
-  end
-end
+local new_key = Rec.keys("redis")
+local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
 
 -- Everything a test opens, so after_each can stop it even when the test
 -- failed halfway (and the leak check then tests the backend, not the test).
@@ -46,19 +27,7 @@ local function follower(store, key)
 end
 
 local function candidate(store, key, name, record, ttl)
-  local c = keep(L.candidate(store, key, name, { ttl = ttl or 1.5 }))
-  c.on_elected = function(_, term) record(name, "elected", term) end
-  c.on_lost = function(_, reason) record(name, "lost", reason) end
-  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  c.on_error = function(_, err) record(name, "error", err) end
-  return c
-end
-
--- Runs the loop until fn() is truthy or `timeout` seconds pass.
-local function loop_until(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.01) end
-  return fn()
+  return keep(Rec.candidate(store, key, name, record, { ttl = ttl or 1.5 }))
 end
 
 describe("redis store", function()
@@ -76,11 +45,7 @@ describe("redis store", function()
         pcall(object.close, object)
         opened[i] = nil
       end
-      L.run(3)
-      collectgarbage()
-      collectgarbage()
-      L.run(1)
-      assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+      Rec.nothing_alive(3, 1)
     end)
 
     it("elects one candidate, tells the other and a follower, terms from INCR", function()

@@ -7,6 +7,7 @@
 -- long; everything that can hand over by release does so in milliseconds.
 local L = require "leadership"
 local C = require "consul"
+local Rec = require "record"
 
 local have = C.available()
 if not have then
@@ -15,40 +16,11 @@ if not have then
                   "/consul-double) ***\n")
 end
 
-local key_count = 0
-local function new_key()
-  key_count = key_count + 1
-  return ("spec/consul/%d-%d/%d"):format(os.time(), math.random(1e6), key_count)
-end
-
-local function recorder()
-  local log = {}
-  return log, function(...)
-    local parts = {}
-    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
-    log[#log + 1] = table.concat(parts, " ")
-  end
-end
-
-local function find(log, pattern)
-  for i, line in ipairs(log) do
-    if line:match(pattern) then return i, line end
-  end
-end
+local new_key = Rec.keys("consul")
+local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
 
 local function candidate(store, key, name, record, ttl)
-  local c = L.candidate(store, key, name, { ttl = ttl or 10 })
-  c.on_elected = function(_, term) record(name, "elected", term) end
-  c.on_lost = function(_, reason) record(name, "lost", reason) end
-  c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
-  c.on_error = function(_, err) record(name, "error", err) end
-  return c
-end
-
-local function loop_until(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.01) end
-  return fn()
+  return Rec.candidate(store, key, name, record, { ttl = ttl or 10 })
 end
 
 describe("consul store (against the Consul double)", function()
@@ -100,11 +72,7 @@ describe("consul store (against the Consul double)", function()
 
   describe("in one process", function()
     after_each(function()
-      L.run(3)
-      collectgarbage()
-      collectgarbage()
-      L.run(1)
-      assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+      Rec.nothing_alive(3, 1)
       -- every session was destroyed when its store closed
       assert.same({}, srv:sessions())
     end)

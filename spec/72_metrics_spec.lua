@@ -3,12 +3,9 @@
 -- `leadership run`/`exec` processes.
 local L = require "leadership"
 local O = require "ops"
+local Rec = require "record"
 
-local store_count = 0
-local function memory_store()
-  store_count = store_count + 1
-  return assert(L.store("memory://metrics-" .. store_count))
-end
+local memory_store = Rec.memory_stores("metrics")
 
 local function metrics_of(text, name, node, extra)
   return O.sample(text, name, 'node="' .. node .. '"' .. (extra or ""))
@@ -16,10 +13,7 @@ end
 
 describe("metrics in process (memory://)", function()
   after_each(function()
-    L.run(2)
-    collectgarbage()
-    collectgarbage()
-    assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+    Rec.nothing_alive()
   end)
 
   it("serves is_leader, term, transitions, errors, renewals and a latency histogram per key and node", function()

@@ -2,36 +2,19 @@
 -- :reload() in one process on memory://, and `leadership run` processes
 -- reloading their policy file on file:// and etcd while one of them leads.
 local L = require "leadership"
+local Rec = require "record"
 
 local function write(path, text) H.write(path, text) end
 
--- Runs the loop until fn() is truthy or `timeout` seconds pass.
-local function loop_until(fn, timeout)
-  local deadline = L.now() + timeout
-  while not fn() and L.now() < deadline do L.sleep(0.005) end
-  return fn()
-end
+local count, index_of = Rec.count, Rec.find
 
-local function count(list, pattern)
-  local n = 0
-  for _, line in ipairs(list) do if line:match(pattern) then n = n + 1 end end
-  return n
-end
-
-local function index_of(list, pattern, from)
-  for i = from or 1, #list do if list[i]:match(pattern) then return i end end
-end
+local function loop_until(fn, timeout) return Rec.loop_until(fn, timeout, 0.005) end
 
 local function last_index(list, pattern)
   for i = #list, 1, -1 do if list[i]:match(pattern) then return i end end
 end
 
-local function expect_nothing_alive()
-  L.run(2)
-  collectgarbage()
-  collectgarbage()
-  assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
-end
+local expect_nothing_alive = Rec.nothing_alive
 
 describe("leadership.watch_file", function()
   local dir, path, calls, at
