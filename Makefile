@@ -3,6 +3,9 @@
 # make demo       three `leadership run` processes on file://, leader killed
 # make bench      ours vs docker/leadership on etcd and ZooKeeper (~10 min; BENCH_QUICK=1
 #                 and the other knobs in bench/run); prints a table, writes bench/RESULTS.md
+# make fuzz       libFuzzer (clang) on every parser of outside data (spec/fuzz), FUZZ_SECONDS
+#                 (60) per target, or FUZZ_RUNS inputs each; new inputs in build-fuzz/corpus,
+#                 crashes in spec/fuzz/crashes (FUZZ_TARGETS=fuzz_etcd ... picks some)
 # make chaos      five nodes per backend under random faults for CHAOS_SECONDS (120), on
 #                 CHAOS_BACKENDS (default: every installed one); prints the history
 #                 checker's table, fails on any violation (spec/chaos/run.lua); needs root
@@ -34,7 +37,7 @@ BACKEND_SRC := $(wildcard backends/*.c)
 LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
-.PHONY: all test demo clean install format asan valgrind-test bench chaos
+.PHONY: all test demo clean install format asan valgrind-test bench chaos fuzz fuzz-build fuzz-regress
 all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
@@ -72,6 +75,71 @@ CHAOS_SECONDS ?= 120
 chaos: all $(BUILD)/consul-double $(BUILD)/chaos-relay
 	LEADERSHIP_BUILD=$(BUILD) CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_BACKENDS=$(CHAOS_BACKENDS) $(LUA) spec/chaos/run.lua
 
+# libFuzzer targets: the runtime and backends built again with clang's
+# sanitizers; a target #includes the source it reaches into (static
+# functions) and may stand in for a library (spec/fuzz/fake_*.c): the
+# objects and libraries it replaces are left out of its link.
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS  := -std=gnu11 -Wall -Wextra -Wno-unused-parameter -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+                $(shell pkg-config --cflags $(PKGS))
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC)) \
+                $(FUZZ_BUILD)/obj/embedded_lua.o
+FUZZ_ALL     := $(patsubst spec/fuzz/%.c,%,$(wildcard spec/fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_ALL)
+FUZZ_OMIT_fuzz_config    := runtime/config
+FUZZ_OMIT_fuzz_etcd      := backends/etcd runtime/http
+FUZZ_OMIT_fuzz_consul    := backends/consul runtime/http
+FUZZ_OMIT_fuzz_zookeeper := backends/zookeeper
+FUZZ_LIBS_fuzz_zookeeper := $(filter-out -lzookeeper_mt,$(LDLIBS))
+FUZZ_OMIT_fuzz_redis     := backends/redis
+FUZZ_OMIT_fuzz_file      := backends/file
+# Lua's garbage looks like a leak to libFuzzer's per-input check
+FUZZ_ARGS_fuzz_policy    := -detect_leaks=0
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/obj/embedded_lua.c: $(LUA_SRC) runtime/embed.lua
+	@mkdir -p $(dir $@)
+	$(LUA) runtime/embed.lua $@ $(LUA_SRC)
+
+$(FUZZ_BUILD)/obj/embedded_lua.o: $(FUZZ_BUILD)/obj/embedded_lua.c
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: spec/fuzz/fuzz_%.c $(wildcard spec/fuzz/*.h spec/fuzz/*.c) $(FUZZ_OBJ) \
+                      $(wildcard runtime/*.c backends/*.c)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< \
+	  $(filter-out $(patsubst %,$(FUZZ_BUILD)/obj/%.o,$(FUZZ_OMIT_fuzz_$*)),$(FUZZ_OBJ)) \
+	  $(or $(FUZZ_LIBS_fuzz_$*),$(LDLIBS))
+
+.SECONDARY: $(FUZZ_OBJ) $(FUZZ_BUILD)/obj/embedded_lua.c
+fuzz-build: $(patsubst %,$(FUZZ_BUILD)/%,$(FUZZ_TARGETS))
+
+# Each target on its seeds (spec/fuzz/corpus/<target>), the inputs that
+# once crashed it (spec/fuzz/regressions/<target>) and what it found
+# before, for FUZZ_SECONDS or FUZZ_RUNS inputs.
+fuzz: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t spec/fuzz/crashes; \
+	  echo "== $$t"; \
+	  $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
+	    -print_final_stats=1 -artifact_prefix=spec/fuzz/crashes/$$t- $(FUZZ_ARGS) \
+	    $$(case $$t in fuzz_policy) echo $(FUZZ_ARGS_fuzz_policy);; esac) \
+	    $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t $$(ls -d spec/fuzz/regressions/$$t 2>/dev/null); \
+	done
+
+# Every target once over its seeds and regressions, no fuzzing: a minute
+# (spec/91_fuzz_spec.lua does the same when the targets are built).
+fuzz-regress: fuzz-build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_BUILD)/$$t -runs=0 spec/fuzz/corpus/$$t $$(ls -d spec/fuzz/regressions/$$t 2>/dev/null) \
+	    2>&1 | tail -n 1 | sed "s/^/$$t: /"; \
+	done
+
 # luarocks calls this with LIBDIR/LUADIR/BINDIR of its tree.
 install: all
 	install -d $(LIBDIR)/leadership $(LUADIR)/leadership $(BINDIR)
@@ -89,7 +157,7 @@ asan:
 
 # The engine specs with every spawned `leadership` and the plain lua5.4
 # under valgrind; any error or definite leak fails.
-VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
+VALGRIND := valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet --child-silent-after-fork=yes
 valgrind-test: all
 	LEADERSHIP_BUILD=$(BUILD) $(VALGRIND) $(BUSTED) --helper=spec/support/helper.lua spec/01_engine_spec.lua
 

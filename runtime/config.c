@@ -74,6 +74,14 @@ static int add_host(ls_store_config *cfg, const char *start, size_t len, char *e
         *colon = '\0';
     }
     bool bracketed = host[0] == '[';
+    /* every backend splits "host:port" at its last ':', so the port must
+     * survive the copy below: no host is longer than a DNS name anyway */
+    if (strlen(host) > 255) {
+        snprintf(err, errlen, "host name too long (%zu bytes) in store URL '%.200s'", strlen(host),
+                 cfg->redacted);
+        free(host);
+        return -1;
+    }
     if (host[0] == '\0' || strpbrk(host, "/?#@ ") || (!bracketed && strchr(host, ':'))) {
         snprintf(err, errlen, "bad host '%s' in store URL '%s'", host, cfg->redacted);
         free(host);
@@ -122,10 +130,15 @@ static char *redact(const char *url)
 {
     const char *sep = strstr(url, "://");
     const char *authority = sep ? sep + 3 : url;
-    const char *at = strchr(authority, '@');
     const char *slash = strpbrk(authority, "/?");
+    /* the last '@' of the authority ends the userinfo, as ls_config_parse
+     * splits it: a password may hold an unescaped '@' */
+    const char *at = NULL;
+    for (const char *p = authority; *p && p != slash; p++)
+        if (*p == '@')
+            at = p;
     char *out;
-    if (!at || (slash && slash < at)) {
+    if (!at) {
         out = strdup(url);
     } else {
         const char *colon = memchr(authority, ':', (size_t)(at - authority));

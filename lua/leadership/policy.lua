@@ -39,6 +39,8 @@ end
 -- field built by code, or given on the command line).
 local function field_line(source, field)
   if not source then return nil end
+  -- an unknown field may be any string: match it literally
+  field = tostring(field):gsub("%p", "%%%0")
   local line = 0
   for text in (source .. "\n"):gmatch("([^\n]*)\n") do
     line = line + 1

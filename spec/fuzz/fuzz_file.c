@@ -1,0 +1,231 @@
+/* libFuzzer target: the file backend (backends/file.c) reading lease
+ * records and term files anyone with access to the directory may have
+ * written. The input's chunks (see fuzz.h) become the key's files in a
+ * private temp directory; a candidate, a second one and a follower of the
+ * key run through the real engine while the input rewrites the files.
+ *
+ * In file contents "@SELF@" becomes this store's holder id, "@PEER@" a
+ * holder that is alive (its lock is held here) and "@BOOT@" this boot's
+ * id: things the input cannot know but real records hold.
+ *
+ * Input: chunk (lease record), chunk (term file), then steps: a byte
+ * (modulo 8) and its chunk where it takes one:
+ *   0 record replaced by rename   1 term file written   2 timers   3 loop
+ *   4 A resigns   5 A stops / runs again   6 record deleted
+ *   7 record rewritten in place
+ */
+#include "../../backends/file.c"
+#include <dirent.h>
+
+#include "script.h"
+
+static char dir[64];
+static char lease_path[128], term_path[128], tmp_path[128];
+static char boot[64];
+
+/* Leaves the directory as the next input expects it: no key files, and no
+ * holder but the peer. */
+static void clean_dir(void)
+{
+    char cmd[256];
+    DIR *d = opendir(dir);
+    FUZZ_ASSERT(d != NULL);
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..")))
+            continue;
+        if (!strcmp(de->d_name, "holders"))
+            continue;
+        snprintf(cmd, sizeof cmd, "%s/%s", dir, de->d_name);
+        unlink(cmd);
+    }
+    closedir(d);
+}
+
+static ls_store *shared_store;
+static void settle(void);
+
+/* At exit: the temp directory goes. */
+static void remove_dir(void)
+{
+    if (shared_store) {
+        ls_store_unref(shared_store);
+        shared_store = NULL;
+        settle();
+    }
+    clean_dir();
+    char path[128];
+    snprintf(path, sizeof path, "%s/holders/fuzzpeer", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/holders", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
+static void setup_once(void)
+{
+    if (dir[0])
+        return;
+    /* tmpfs where there is one: renames there cost microseconds */
+    snprintf(dir, sizeof dir, "%s/leadership-fuzz-file.XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
+    FUZZ_ASSERT(mkdtemp(dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof path, "%s/holders", dir);
+    FUZZ_ASSERT(mkdir(path, 0755) == 0);
+    /* a live peer: its holder file is locked for as long as we run */
+    snprintf(path, sizeof path, "%s/holders/fuzzpeer", dir);
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    FUZZ_ASSERT(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
+    snprintf(lease_path, sizeof lease_path, "%s/svc%%2Fleader.lease", dir);
+    snprintf(term_path, sizeof term_path, "%s/svc%%2Fleader.term", dir);
+    snprintf(tmp_path, sizeof tmp_path, "%s/fuzz.tmp", dir);
+    read_boot_id(boot, sizeof boot);
+    atexit(remove_dir);
+}
+
+/* Writes text to path with the placeholders filled in; by rename if asked. */
+static void put(const char *path, const char *text, size_t len, const char *self, bool by_rename)
+{
+    FILE *f = fopen(by_rename ? tmp_path : path, "w");
+    FUZZ_ASSERT(f != NULL);
+    for (size_t i = 0; i < len;) {
+        if (len - i >= 6 && !memcmp(text + i, "@SELF@", 6)) {
+            fputs(self, f);
+            i += 6;
+        } else if (len - i >= 6 && !memcmp(text + i, "@PEER@", 6)) {
+            fputs("fuzzpeer", f);
+            i += 6;
+        } else if (len - i >= 6 && !memcmp(text + i, "@BOOT@", 6)) {
+            fputs(boot, f);
+            i += 6;
+        } else {
+            fputc(text[i++], f);
+        }
+    }
+    fclose(f);
+    if (by_rename)
+        FUZZ_ASSERT(rename(tmp_path, path) == 0);
+}
+
+/* Holder files in the directory now. */
+static unsigned holders(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/holders", dir);
+    DIR *d = opendir(path);
+    unsigned n = 0;
+    for (struct dirent *de; (de = readdir(d));)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Runs timers and the loop until nothing is left to run. */
+static void settle(void)
+{
+    for (int round = 0; round < 64; round++) {
+        fuzz_drain_loop();
+        if (fuzz_fire_timers() == 0)
+            break;
+    }
+}
+
+/* The store lives across inputs: closing an inotify descriptor takes the
+ * kernel some 15 ms, so a store per input would make this fuzzer crawl.
+ * Every 256 inputs it is closed and opened again, so closing is fuzzed too. */
+static unsigned store_uses;
+
+static ls_store *store_get(void)
+{
+    if (shared_store && ++store_uses % 256 == 0) {
+        ls_store_unref(shared_store);
+        shared_store = NULL;
+        settle();
+        /* closing a store ends all of its work, and its holder file goes */
+        FUZZ_ASSERT(ls_store_live_count() == 0);
+        FUZZ_ASSERT(ls_loop_holds() == 0);
+        FUZZ_ASSERT(holders() == 1);
+    }
+    if (!shared_store) {
+        char url[128];
+        snprintf(url, sizeof url, "file://%s", dir);
+        ls_store_config cfg = {0};
+        char err[512];
+        FUZZ_ASSERT(ls_config_parse(&cfg, url, err, sizeof err) == 0);
+        shared_store = ls_store_open(&cfg, err, sizeof err);
+        FUZZ_ASSERT(shared_store != NULL);
+    }
+    return shared_store;
+}
+
+static void wind_down(ls_election **elections, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        finish(&elections[i]);
+    settle();
+    /* stopped elections leave nothing behind */
+    FUZZ_ASSERT(ls_election_live_count() == 0);
+    FUZZ_ASSERT(((file_store *)shared_store->impl)->entries == NULL);
+    FUZZ_ASSERT(ls_loop_holds() == 0);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fuzz_quiet();
+    setup_once();
+    clean_dir();
+    fuzz_in in = {data, size};
+    ls_store *store = store_get();
+    const char *self = ((file_store *)store->impl)->holder_id;
+
+    size_t len;
+    const char *text = fuzz_chunk(&in, &len);
+    put(lease_path, text, len, self, true);
+    text = fuzz_chunk(&in, &len);
+    put(term_path, text, len, self, false);
+
+    ls_election *elections[3];
+    elections[0] = candidate(store, "node-a", 2);
+    elections[1] = candidate(store, "{\"name\":\"node-b\"}", 2);
+    elections[2] = follower(store, 2);
+    fuzz_drain_loop();
+
+    for (int steps = 0; !fuzz_done(&in) && steps < 100; steps++) {
+        switch (fuzz_byte(&in) % 8) {
+        case 0:
+            text = fuzz_chunk(&in, &len);
+            put(lease_path, text, len, self, true);
+            break;
+        case 1:
+            text = fuzz_chunk(&in, &len);
+            put(term_path, text, len, self, false);
+            break;
+        case 2:
+            fuzz_fire_timers();
+            break;
+        case 3:
+            fuzz_drain_loop();
+            break;
+        case 4:
+            if (elections[0])
+                ls_election_resign(elections[0]);
+            break;
+        case 5:
+            if (elections[0])
+                finish(&elections[0]);
+            else
+                elections[0] = candidate(store, "node-a", 2);
+            break;
+        case 6:
+            unlink(lease_path);
+            break;
+        case 7:
+            text = fuzz_chunk(&in, &len);
+            put(lease_path, text, len, self, false);
+            break;
+        }
+        fuzz_drain_loop();
+    }
+    wind_down(elections, 3);
+    return 0;
+}
