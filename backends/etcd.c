@@ -628,6 +628,23 @@ static void stream_write_json(etcd *s, json_t *msg)
     free(text);
 }
 
+/* The heartbeat runs only while a watch needs the stream: an idle leader,
+ * which watches nothing, wakes for its lease keep-alives alone. */
+static void heartbeat_next(etcd *s)
+{
+    struct timeval beat = {(time_t)STREAM_HEARTBEAT,
+                           (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
+    evtimer_add(s->heartbeat, &beat);
+}
+
+static void heartbeat_arm(etcd *s)
+{
+    if (!s->stream || s->nwatches == 0 || evtimer_pending(s->heartbeat, NULL))
+        return;
+    s->last_data = ls_now(); /* silence while idle says nothing */
+    heartbeat_next(s);
+}
+
 static void watch_send_create(watch *w)
 {
     etcd *s = w->s;
@@ -638,6 +655,7 @@ static void watch_send_create(watch *w)
     if (w->noput)
         json_object_set_new(req, "filters", json_pack("[s]", "NOPUT"));
     stream_write_json(s, json_pack("{s:o}", "create_request", req));
+    heartbeat_arm(s);
 }
 
 static void stream_data(void *arg, const char *data, size_t len);
@@ -663,9 +681,6 @@ static void stream_open(etcd *s)
     s->stream = ls_http_stream(s->watch_http, url, headers, stream_data, stream_done, s);
     s->inlen = 0;
     s->last_data = s->opened_at = ls_now();
-    struct timeval beat = {(time_t)STREAM_HEARTBEAT,
-                           (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
-    evtimer_add(s->heartbeat, &beat);
     if (!s->stream) {
         struct timeval tv = {1, 0};
         evtimer_add(s->stream_timer, &tv);
@@ -686,11 +701,9 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
     enter(s);
     if (ls_now() - s->last_data > STREAM_SILENCE) {
         stream_broken(s, "no answer from the member");
-    } else {
+    } else if (s->nwatches > 0) {
         stream_write_json(s, json_pack("{s:{}}", "progress_request"));
-        struct timeval beat = {(time_t)STREAM_HEARTBEAT,
-                               (suseconds_t)((STREAM_HEARTBEAT - (time_t)STREAM_HEARTBEAT) * 1e6)};
-        evtimer_add(s->heartbeat, &beat);
+        heartbeat_next(s);
     }
     leave(s);
 }
