@@ -103,8 +103,9 @@ struct entry {
     ls_election *e; /* NULL once cancelled */
     entry_state state;
     bool candidate;
-    char *prefix; /* "<key>/" */
-    char *name;   /* our key, "<key>/<lease hex>[.n]" */
+    char *prefix;       /* "<key>/" */
+    char *name;         /* our key, "<key>/<lease hex>[.n]" */
+    uint64_t name_hash; /* of name: thousands of campaigns compare it first */
     lease *lease;
     int64_t rev; /* our key's create_revision */
     call *call;
@@ -1575,6 +1576,14 @@ static void entry_create(entry *en)
     en->call = call_start(en->s, "/v3/kv/txn", body, entry_created, en);
 }
 
+static uint64_t name_hash(const char *name)
+{
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (; *name; name++)
+        h = (h ^ (unsigned char)*name) * 1099511628211ULL;
+    return h;
+}
+
 /* Picks our key's name under the current lease and creates it, once any
  * deletion of that name still in flight is done. */
 static void entry_campaign(entry *en)
@@ -1599,13 +1608,15 @@ static void entry_campaign(entry *en)
         else
             snprintf(name, sizeof name, "%s.%u", base, n);
         bool taken = false;
+        uint64_t hash = name_hash(name);
         for (entry *o = s->entries; o && !taken; o = o->next)
-            taken = o != en && o->name && !strcmp(o->name, name);
+            taken = o != en && o->name && o->name_hash == hash && !strcmp(o->name, name);
         r = release_find(s, name);
         if (!taken && !(r && r->waiter))
             break;
     }
     en->name = strdup(name);
+    en->name_hash = name_hash(name);
     if (r) {
         en->state = E_WAIT_RELEASE;
         r->waiter = en;
