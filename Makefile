@@ -1,5 +1,6 @@
 # make            build/leadership and build/lua (the module for a plain lua5.4)
 # make test       every spec (starts its own etcd, ZooKeeper, Redis on 127.0.0.1)
+# make check      what CI runs: make test, then short ASan/UBSan and valgrind runs
 # make demo       three `leadership run` processes on file://, leader killed
 # make bench      ours vs docker/leadership on etcd and ZooKeeper (~10 min; BENCH_QUICK=1
 #                 and the other knobs in bench/run); prints a table, writes bench/RESULTS.md
@@ -37,7 +38,7 @@ BACKEND_SRC := $(wildcard backends/*.c)
 LIB_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(RUNTIME_SRC) $(BACKEND_SRC))
 LUA_SRC     := $(wildcard lua/leadership/*.lua)
 
-.PHONY: all test demo clean install format asan valgrind-test bench chaos fuzz fuzz-build fuzz-regress
+.PHONY: all test check demo clean install format asan valgrind-test bench chaos fuzz fuzz-build fuzz-regress
 all: $(BUILD)/leadership $(BUILD)/lua/leadership/core.so $(patsubst lua/%,$(BUILD)/lua/%,$(LUA_SRC))
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*.h backends/*.h)
@@ -147,8 +148,22 @@ install: all
 	install -m 644 $(LUA_SRC) $(LUADIR)/leadership/
 	install -m 755 $(BUILD)/leadership $(BINDIR)/
 
-test: all $(BUILD)/consul-double $(BUILD)/chaos-relay
-	LEADERSHIP_BUILD=$(BUILD) $(TEST_ENV) $(BUSTED) --helper=spec/support/helper.lua $(SPECS)
+# Every spec; the last line sums busted's up as "tests: N passed, N failed".
+test: all $(BUILD)/consul-double $(BUILD)/chaos-relay fuzz-build
+	@{ LEADERSHIP_BUILD=$(BUILD) $(TEST_ENV) $(BUSTED) --helper=spec/support/helper.lua $(SPECS); \
+	   echo $$? >$(BUILD)/test.status; } 2>&1 | tee $(BUILD)/test.log
+	@awk '/successes? \/ .* failures? \/ .* errors? \/ .* pending/ { \
+	   print "tests: " $$1 " passed, " $$4 + $$7 " failed, " $$10 " skipped" }' $(BUILD)/test.log | tail -n 1
+	@exit $$(cat $(BUILD)/test.status)
+
+# What CI runs (./bootstrap.sh test): every spec, then a short run of the
+# core specs under ASan + UBSan, and the engine specs under valgrind.
+SANITIZER_SPECS := spec/01_engine_spec.lua spec/03_cli_spec.lua spec/10_file_backend_spec.lua \
+                   spec/20_file_processes_spec.lua
+check:
+	$(MAKE) test
+	$(MAKE) asan test SPECS="$(SANITIZER_SPECS)"
+	$(MAKE) valgrind-test
 
 SPECS ?= spec
 

@@ -40,7 +40,7 @@ demo)
     ;;
 test)
     install $BUILD_PACKAGES $TEST_PACKAGES
-    exec make test
+    exec make check
     ;;
 *)
     echo "usage: ./bootstrap.sh demo | test" >&2
