@@ -20,8 +20,8 @@
 --                other node can have led in between)              (must be 0)
 --   crashes      nodes that died without being killed, sanitizer reports
 --                in any node's stderr                               (must be 0)
---   stuck        no leader within the driver's bound after a heal, or the
---                store never healthy again                          (must be 0)
+--   stuck        no leader within the driver's bound after a heal, the
+--                store never healthy again, or the driver failed    (must be 0)
 --   no leader    the worst time from a fault's heal to the next stamp
 --   max gap      the longest time between two stamps: the longest the
 --                service went without a leader's work, faults included
@@ -77,7 +77,7 @@ function M.backend(dir)
     elseif line:match("^crash ") then
       r.crashes = r.crashes + 1
       example("%s", line)
-    elseif line:match("^stuck ") then
+    elseif line:match("^stuck ") or line:match("^error ") then
       r.stuck = r.stuck + 1
       example("%s", line)
     elseif line:match("^skip ") then

@@ -1,6 +1,6 @@
 -- One backend configuration of the chaos run, as its own process:
 --
---   lua5.4 spec/chaos/driver.lua NAME DIR SECONDS SEED [OCTET]
+--   lua5.4 spec/chaos/driver.lua NAME DIR SECONDS SEED [OCTET [RUNNER]]
 --
 -- Starts the store (spec/chaos/stores.lua), five `leadership run` nodes
 -- under spec/support/stamp_policy.lua (spec/support/cluster.lua), each in
@@ -31,7 +31,8 @@ local Netns = require "netns"
 local Cluster = require "cluster"
 
 local name, dir, seconds, seed, octet = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
-assert(name and dir and seconds, "usage: driver.lua NAME DIR SECONDS [SEED [OCTET]]")
+local runner = tonumber(arg[6])
+assert(name and dir and seconds, "usage: driver.lua NAME DIR SECONDS [SEED [OCTET [RUNNER]]]")
 math.randomseed(seed or os.time())
 
 local NODES = 5
@@ -50,13 +51,19 @@ local function sleep(s)
   if s > 0 then os.execute(("sleep %.3f"):format(s)) end
 end
 
+-- True once the runner (spec/chaos/run.lua) is gone, Ctrl-C'd or killed:
+-- then the run ends early, and the teardown still runs.
+local function orphaned()
+  return runner ~= nil and H.read(("/proc/%d/stat"):format(runner)) == nil
+end
+
 H.wait_until = function(fn, timeout, interval)
   local deadline = mono() + timeout
   repeat
     local v = fn()
     if v then return v end
     sleep(interval or 0.05)
-  until mono() > deadline
+  until mono() > deadline or orphaned()
   return fn()
 end
 
@@ -92,11 +99,35 @@ local ttl = store.ttl
 local deadline = ttl * 2 / 3
 record("begin", ("%.6f"):format(wall()), "ttl", ttl, "store", store.url)
 
--- node name -> its namespace
-local nets, relay = {}, nil
+-- node name -> its namespace; the relay; the nodes. File-wide, so the
+-- teardown also ends what a failed setup or run left behind.
+local nets, relay, cluster = {}, nil, nil
+local count = 0
 local function destroy_nets()
   for _, ns in pairs(nets) do ns:destroy() end
 end
+
+local function teardown()
+  if cluster then
+    -- nodes first: they release at once on SIGTERM
+    for _, n in ipairs(cluster.names) do
+      H.signal(cluster:proc(n), "CONT")
+      H.signal(cluster:proc(n), "TERM")
+    end
+    H.wait_until(function()
+      for _, n in ipairs(cluster.names) do
+        if H.alive(cluster:proc(n)) then return false end
+      end
+      return true
+    end, 10, 0.1)
+    cluster:stop()
+  end
+  if relay then H.signal(relay, "KILL") end
+  destroy_nets()
+  store:stop()
+end
+
+local function run()
 if store.ports then
   local why = Netns.unavailable() or (not octet and "no OCTET given")
   if why then
@@ -114,21 +145,15 @@ if store.ports then
         end
       end
     end)
-    if not ok then
-      destroy_nets()
-      store:stop()
-      error(err, 0)
-    end
+    if not ok then error(err, 0) end
     relay = H.spawn(routes, { dir = dir, stdout = dir .. "/relay.out", stderr = dir .. "/relay.err" })
     if not H.wait_until(function() return (H.read(dir .. "/relay.err") or ""):match("up") end, 5) then
-      destroy_nets()
-      store:stop()
       error("chaos-relay did not start: " .. (H.read(dir .. "/relay.err") or ""))
     end
   end
 end
 
-local cluster = Cluster.start { store = store.url, ttl = ttl, key = "chaos/" .. name, nodes = 0, dir = dir }
+cluster = Cluster.start { store = store.url, ttl = ttl, key = "chaos/" .. name, nodes = 0, dir = dir }
 for i = 1, NODES do
   local node, env, wrap = "node-" .. i, { STAMP_DEADLINE = "1" }, nil
   if nets[node] then
@@ -137,6 +162,7 @@ for i = 1, NODES do
   cluster:add(node, env, wrap)
 end
 save_pids(store, relay, cluster)
+end
 
 -- ---- who leads: the node of the newest stamp, if it is fresh ----
 
@@ -261,13 +287,17 @@ end
 
 function faults.partition_follower() return partition(pick(followers())) end
 
-local kinds = { "kill_leader", "kill_follower", "pause_leader", "pause_follower" }
-for _, k in ipairs(store.kinds) do kinds[#kinds + 1] = k end
-if next(nets) then
-  kinds[#kinds + 1] = "partition_leader"
-  kinds[#kinds + 1] = "partition_follower"
+-- The kinds this configuration supports (known once the setup ran).
+local function fault_kinds()
+  local kinds = { "kill_leader", "kill_follower", "pause_leader", "pause_follower" }
+  for _, k in ipairs(store.kinds) do kinds[#kinds + 1] = k end
+  if next(nets) then
+    kinds[#kinds + 1] = "partition_leader"
+    kinds[#kinds + 1] = "partition_follower"
+  end
+  record("kinds", table.concat(kinds, ","))
+  return kinds
 end
-record("kinds", table.concat(kinds, ","))
 
 -- A node that died without being killed is a crash: recorded (the checker
 -- counts it as a violation, with its stderr) and started again.
@@ -285,45 +315,46 @@ end
 
 -- ---- the run ----
 
-local recovery = 3 * ttl + 30
-local first = stamp_after(0, 90)
-if not first then
-  record("stuck", "startup", "no_leader")
-  note("no leader within 90 s of startup")
-end
-
-local stop_at = mono() + seconds
-local count = 0
-while first and mono() < stop_at do
-  local kind = pick(kinds)
-  local target, start, heal = faults[kind]()
-  if target then
-    count = count + 1
-    record("fault", kind, target, ("%.6f"):format(start), ("%.6f"):format(heal))
-    if not stamp_after(heal, recovery) then
-      record("stuck", kind, ("no_leader_within_%ds"):format(recovery))
-      note("no leader %d s after healing %s", recovery, kind)
+local function inject()
+  local kinds = fault_kinds()
+  local recovery = 3 * ttl + 30
+  local first = stamp_after(0, 90)
+  if not first then
+    record("stuck", "startup", "no_leader")
+    note("no leader within 90 s of startup")
+  end
+  local stop_at = mono() + seconds
+  while first and mono() < stop_at and not orphaned() do
+    local kind = pick(kinds)
+    local target, start, heal = faults[kind]()
+    if target then
+      count = count + 1
+      record("fault", kind, target, ("%.6f"):format(start), ("%.6f"):format(heal))
+      if not stamp_after(heal, recovery) and not orphaned() then
+        record("stuck", kind, ("no_leader_within_%ds"):format(recovery))
+        note("no leader %d s after healing %s", recovery, kind)
+      end
+      reap_crashes()
+      sleep(rand(0.2, 1.5))
+    else
+      sleep(0.2)
     end
-    reap_crashes()
-    sleep(rand(0.2, 1.5))
-  else
-    sleep(0.2)
   end
 end
 
--- ---- teardown: nodes first (they release at once on SIGTERM) ----
+-- ---- the run, and a teardown whatever happened ----
 
+local ok, err = xpcall(function()
+  run()
+  inject()
+end, debug.traceback)
+if not ok then
+  record("error", (tostring(err):gsub("%s+", " ")))
+  note("failed: %s", err)
+end
+if orphaned() then record("aborted", "the runner is gone") end
 record("end", ("%.6f"):format(wall()), "faults", count)
-for _, n in ipairs(cluster.names) do H.signal(cluster:proc(n), "TERM") end
-H.wait_until(function()
-  for _, n in ipairs(cluster.names) do
-    if H.alive(cluster:proc(n)) then return false end
-  end
-  return true
-end, 10, 0.1)
-cluster:stop()
-if relay then H.signal(relay, "KILL") end
-destroy_nets()
-store:stop()
+teardown()
 log_file:close()
 note("done: %d faults", count)
+os.exit(ok and 0 or 1)

@@ -63,9 +63,14 @@ Netns.sweep()
 
 say("%d s of faults on %s; seed %d; histories in %s", seconds, table.concat(selected, ", "), seed, dir)
 
--- Each driver through sh, which records its exit status. Each gets a /24
--- of 169.254.0.0/16 for its nodes' namespaces, one no address here uses.
+-- Each driver through sh, which records its exit status, in a session of
+-- its own: a Ctrl-C or hangup of `make chaos` reaches this runner, not the
+-- drivers, which see the runner gone and clean up after themselves (a
+-- driver killed mid-run would leave its servers, nodes and namespaces).
+-- Each gets a /24 of 169.254.0.0/16 for its nodes' namespaces, one no
+-- address here uses.
 local drivers = {}
+local runner = tonumber(H.read("/proc/self/stat"):match("^(%d+)"))
 local used = Netns.used_octets()
 local octets = {}
 for a = 1, 250 do
@@ -75,9 +80,9 @@ for i, n in ipairs(selected) do
   local sub = dir .. "/" .. n
   os.execute("mkdir -p " .. H.quote(sub))
   local script = ('env -u LD_PRELOAD "$@"; echo $? > %s'):format(H.quote(sub .. "/driver.status"))
-  drivers[n] = H.spawn({ "sh", "-c", script, "driver", "lua5.4", "spec/chaos/driver.lua", n, sub,
+  drivers[n] = H.spawn({ "setsid", "sh", "-c", script, "driver", "lua5.4", "spec/chaos/driver.lua", n, sub,
                          tostring(seconds), tostring(seed + i),
-                         tostring(table.remove(octets, math.random(#octets))) },
+                         tostring(table.remove(octets, math.random(#octets))), tostring(runner) },
     { dir = sub, stdout = sub .. "/driver.out", stderr = sub .. "/driver.err" })
 end
 
@@ -105,7 +110,15 @@ for n, proc in pairs(drivers) do
     failures[#failures + 1] = ("%s: driver exited %s:\n%s"):format(n, tostring(status),
       (H.read(sub .. "/driver.err") or ""):sub(-2000))
     for pid in (H.read(sub .. "/pids") or ""):gmatch("%d+") do
-      os.execute(("kill -CONT %s 2>/dev/null; kill -KILL %s 2>/dev/null"):format(pid, pid))
+      -- only what the driver started, should the pid be someone else's by now
+      local cmd = (H.read("/proc/" .. pid .. "/cmdline") or ""):gsub("%z", " ")
+      for _, mine in ipairs({ "stamp_policy.lua", "etcd", "QuorumPeerMain", "redis-server", "consul-double",
+                              "chaos-relay" }) do
+        if cmd:find(mine, 1, true) then
+          os.execute(("kill -CONT %s 2>/dev/null; kill -KILL %s 2>/dev/null"):format(pid, pid))
+          break
+        end
+      end
     end
   end
 end
