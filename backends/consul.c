@@ -687,6 +687,8 @@ static void on_acquire(void *arg, const ls_http_response *res)
         ce_request_failed(ce, msg);
     }
     ce_unref(ce);
+    if (st->closing)
+        close_step(st); /* the zombie_done above could not free while we held ce */
 }
 
 static void on_release(void *arg, const ls_http_response *res)
@@ -1037,9 +1039,10 @@ static void store_free(cstore *st)
  * free everything. Called again whenever one of those ends. */
 static void close_step(cstore *st)
 {
-    for (celection *ce = st->elections; ce; ce = ce->next)
-        if (ce->zombie)
-            return;
+    /* zombies finishing a release, or one a callback still holds (on_acquire
+     * comes back here once it lets go) */
+    if (st->elections)
+        return;
     for (csession *s = st->sessions; s; s = s->next) {
         if (s->state == SESS_CREATING)
             return; /* on_session_created comes back here */

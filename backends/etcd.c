@@ -308,7 +308,9 @@ static int txn_kv(json_t *reply, size_t i, size_t j, kv *out)
 static bool header_revision(json_t *reply, int64_t *rev)
 {
     json_t *header = json_object_get(reply, "header");
-    return json_is_object(header) && jint(header, "revision", rev) && *rev > 0;
+    /* watches start at revision + 1: the largest int64 is no revision */
+    return json_is_object(header) && jint(header, "revision", rev) && *rev > 0 &&
+           *rev < INT64_MAX;
 }
 
 /* A RangeRequest over every key under prefix, by create_revision. */
