@@ -18,6 +18,7 @@
 #include <dirent.h>
 
 #include "script.h"
+#include "sweep.h"
 
 static char dir[64];
 static char lease_path[128], term_path[128], tmp_path[128];
@@ -66,9 +67,10 @@ static void setup_once(void)
     if (dir[0])
         return;
     /* tmpfs where there is one: renames there cost microseconds */
-    snprintf(dir, sizeof dir, "%s/leadership-fuzz-file.XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    FUZZ_ASSERT(mkdtemp(dir) != NULL);
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    fuzz_sweep(base, "leadership-fuzz-file-");
+    snprintf(dir, sizeof dir, "%s/leadership-fuzz-file-%d", base, (int)getpid());
+    FUZZ_ASSERT(mkdir(dir, 0700) == 0);
     char path[128];
     snprintf(path, sizeof path, "%s/holders", dir);
     FUZZ_ASSERT(mkdir(path, 0755) == 0);

@@ -11,6 +11,7 @@
  * a "policy <file>..." message and never raises; a spec's fields are what
  * validation promises; its retry gives nil or seconds >= 0.
  */
+#define _GNU_SOURCE
 #include <lauxlib.h>
 #include <lualib.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "../../runtime/embedded.h"
 #include "../../runtime/lua_core.h"
 #include "fuzz.h"
+#include "sweep.h"
 
 static const char *const fields[] = {
     "store",     "key",   "node",       "ttl",     "renew_deadline",   "mode",
@@ -100,8 +102,9 @@ static void setup_once(void)
     FUZZ_ASSERT(luaL_loadstring(L, check_script) == LUA_OK && lua_pcall(L, 0, 1, 0) == LUA_OK);
     lua_sethook(L, line_hook, LUA_MASKLINE, 0);
     check_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    snprintf(path, sizeof path, "%s/leadership-fuzz-policy-%d.lua",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (int)getpid());
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    fuzz_sweep(base, "leadership-fuzz-policy-");
+    snprintf(path, sizeof path, "%s/leadership-fuzz-policy-%d.lua", base, (int)getpid());
     atexit(remove_file);
 }
 
