@@ -257,8 +257,20 @@ static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err
         free(tmp);
         return -1;
     }
-    int rc = json_dumpfd(doc, fd, JSON_COMPACT | JSON_ENCODE_ANY);
-    int saved = errno;
+    /* one write: json_dumpfd writes each token with its own system call */
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
+    int rc = text ? 0 : -1;
+    int saved = text ? 0 : ENOMEM;
+    for (size_t done = 0, len = text ? strlen(text) : 0; rc == 0 && done < len;) {
+        ssize_t n = write(fd, text + done, len - done);
+        if (n < 0 && errno != EINTR) {
+            rc = -1;
+            saved = errno;
+        } else if (n > 0) {
+            done += (size_t)n;
+        }
+    }
+    free(text);
     if (close(fd) < 0 && rc == 0) {
         rc = -1;
         saved = errno;
@@ -327,6 +339,41 @@ static bool record_parse(lease_record *r)
     return true;
 }
 
+/* Reads a whole record or term file, then parses it (jansson's json_loadfd
+ * reads one byte per system call). Records hold the candidate's value, so
+ * the buffer grows to what the file holds, up to RECORD_MAX. */
+#define RECORD_MAX (64 << 20)
+static json_t *json_read_fd(int fd, size_t flags, json_error_t *jerr)
+{
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (len == cap) {
+            if (cap >= RECORD_MAX) {
+                snprintf(jerr->text, sizeof jerr->text, "larger than %d bytes", RECORD_MAX);
+                free(buf);
+                return NULL;
+            }
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n == 0)
+            break;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(jerr->text, sizeof jerr->text, "read: %s", strerror(errno));
+            free(buf);
+            return NULL;
+        }
+        len += (size_t)n;
+    }
+    json_t *doc = json_loadb(buf, len, flags, jerr);
+    free(buf);
+    return doc;
+}
+
 /* Reads k's record. 0 (r->exists false if there is none, r->garbage if it
  * is no record), or -1 with err if the file cannot be read. */
 static int record_read(const file_key *k, lease_record *r, char *err, size_t errlen)
@@ -341,7 +388,7 @@ static int record_read(const file_key *k, lease_record *r, char *err, size_t err
     }
     r->exists = true;
     json_error_t jerr;
-    r->root = json_loadfd(fd, JSON_ALLOW_NUL, &jerr);
+    r->root = json_read_fd(fd, JSON_ALLOW_NUL, &jerr);
     close(fd);
     if (!r->root) {
         char why[160];
@@ -362,7 +409,7 @@ static int term_read(const file_key *k, uint64_t *term, char *err, size_t errlen
     if (fd < 0 && errno == ENOENT)
         return 0;
     json_error_t jerr;
-    json_t *doc = fd < 0 ? NULL : json_loadfd(fd, 0, &jerr);
+    json_t *doc = fd < 0 ? NULL : json_read_fd(fd, 0, &jerr);
     if (fd >= 0)
         close(fd);
     if (!doc) {

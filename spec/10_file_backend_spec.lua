@@ -207,6 +207,23 @@ describe("file:// backend", function()
     b:stop(); f:stop()
   end)
 
+  it("carries a value far larger than a page to a follower in another store", function()
+    local dir = new_dir()
+    local s1, s2 = assert(L.store("file://" .. dir)), assert(L.store("file://" .. dir))
+    local big = ("0123456789abcdef"):rep(20000) .. "\u{e9}" -- 320 KB, UTF-8
+    local seen
+    local f = L.follower(s2, KEY)
+    made[#made + 1] = f
+    f.on_leader_change = function(_, leader) seen = leader end
+    f:run()
+    local a = candidate(s1, big)
+    a:run()
+    assert.truthy(wait_for(function() return seen ~= nil end, 1))
+    assert.equal(#big, #seen)
+    assert.equal(big, seen)
+    a:stop(); f:stop()
+  end)
+
   it("reports a garbage record by file name, recovers, and never lowers the term", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
