@@ -122,15 +122,22 @@ fuzz-build: $(patsubst %,$(FUZZ_BUILD)/%,$(FUZZ_TARGETS))
 
 # Each target on its seeds (spec/fuzz/corpus/<target>), the inputs that
 # once crashed it (spec/fuzz/regressions/<target>) and what it found
-# before, for FUZZ_SECONDS or FUZZ_RUNS inputs.
+# before, for FUZZ_SECONDS or FUZZ_RUNS inputs. libFuzzer's output goes to
+# $(FUZZ_BUILD)/<target>.log; one line per target says how many inputs ran,
+# for how long, on which commit (the record in spec/fuzz/CAMPAIGNS.md).
 fuzz: fuzz-build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t spec/fuzz/crashes; \
-	  echo "== $$t"; \
+	  start=$$(date +%s); rc=0; \
 	  $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
 	    -print_final_stats=1 -artifact_prefix=spec/fuzz/crashes/$$t- $(FUZZ_ARGS) \
 	    $$(case $$t in fuzz_policy) echo $(FUZZ_ARGS_fuzz_policy);; esac) \
-	    $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t $$(ls -d spec/fuzz/regressions/$$t 2>/dev/null); \
+	    $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t $$(ls -d spec/fuzz/regressions/$$t 2>/dev/null) \
+	    >$(FUZZ_BUILD)/$$t.log 2>&1 || rc=$$?; \
+	  echo "fuzz: $$t $$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_BUILD)/$$t.log) inputs" \
+	    "in $$(( $$(date +%s) - start )) s at $$(git describe --always --dirty 2>/dev/null)," \
+	    "$$(if [ $$rc = 0 ]; then echo no crash; else echo "FAILED: $(FUZZ_BUILD)/$$t.log"; fi)"; \
+	  if [ $$rc != 0 ]; then tail -n 40 $(FUZZ_BUILD)/$$t.log; exit $$rc; fi; \
 	done
 
 # Every target once over its seeds and regressions, no fuzzing: a minute
