@@ -798,7 +798,9 @@ static void stream_message(etcd *s, json_t *msg)
         return;
     for (size_t i = 0; i < n; i++) {
         int64_t mod;
-        if (!jint(json_object_get(json_array_get(events, i), "kv"), "mod_revision", &mod)) {
+        /* the largest int64 is no revision: the resume point is mod + 1 */
+        if (!jint(json_object_get(json_array_get(events, i), "kv"), "mod_revision", &mod) ||
+            mod == INT64_MAX) {
             stream_broken(s, "malformed watch event");
             return;
         }
