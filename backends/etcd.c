@@ -1517,6 +1517,11 @@ static void entry_created(void *ctx, json_t *reply, const char *err, double sent
          * lease id) if its lease is ours; then keep its place */
         kv mine;
         int found = txn_kv(reply, 0, 0, &mine);
+        if (found > 0 && mine.create_rev <= 0) {
+            /* our term and the bound of the predecessor read: no revision */
+            kv_free(&mine);
+            found = -1;
+        }
         if (found < 0) {
             entry_fail_malformed(en, "a txn");
             return;
