@@ -1604,8 +1604,10 @@ static void entry_campaign(entry *en)
         lease_grant(l);
         return;
     }
-    char base[600], name[640];
-    snprintf(base, sizeof base, "%s%" PRIx64, en->prefix, (uint64_t)l->id);
+    /* keys have no length limit: the name is the whole prefix, never cut */
+    size_t cap = strlen(en->prefix) + 40;
+    char *base = malloc(cap), *name = malloc(cap);
+    snprintf(base, cap, "%s%" PRIx64, en->prefix, (uint64_t)l->id);
     free(en->name);
     en->name = NULL;
     release *r = NULL;
@@ -1613,9 +1615,9 @@ static void entry_campaign(entry *en)
      * their keys apart */
     for (unsigned n = 0;; n++) {
         if (n == 0)
-            snprintf(name, sizeof name, "%s", base);
+            snprintf(name, cap, "%s", base);
         else
-            snprintf(name, sizeof name, "%s.%u", base, n);
+            snprintf(name, cap, "%s.%u", base, n);
         bool taken = false;
         uint64_t hash = name_hash(name);
         for (entry *o = s->entries; o && !taken; o = o->next)
@@ -1624,8 +1626,9 @@ static void entry_campaign(entry *en)
         if (!taken && !(r && r->waiter))
             break;
     }
-    en->name = strdup(name);
+    en->name = name;
     en->name_hash = name_hash(name);
+    free(base);
     if (r) {
         en->state = E_WAIT_RELEASE;
         r->waiter = en;
