@@ -1064,6 +1064,10 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
             /* the lease outlived our key: it was deleted behind our back */
             en->key_gone = false;
             entry_unwatch(en);
+            /* a re-check after a compaction may be in flight: its reply
+             * must not come to an entry that has moved on (or is freed) */
+            call_cancel(en->call);
+            en->call = NULL;
             en->state = E_WAIT_LEASE;
             ls_election_lost(en->e, "deleted");
             if (!en->dead)
