@@ -497,11 +497,14 @@ static void call_send(call *c)
     }
     c->waiting_auth = false;
     c->endpoint = s->current;
-    char url[600], auth[600];
+    /* tokens have no fixed length: a JWT signed with RSA-4096 is 800 bytes */
+    size_t authlen = 32 + (s->token ? strlen(s->token) : 0);
+    char url[600], *auth = malloc(authlen);
     const char *headers[3];
     snprintf(url, sizeof url, "%s%s", s->endpoints[c->endpoint], c->path);
-    c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, sizeof auth),
+    c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, authlen),
                           c->body, strlen(c->body), s->timeout, call_done, c);
+    free(auth);
     if (!c->req) {
         /* libcurl refused to set it up: try again shortly */
         struct timeval tv = {0, 200000};
@@ -673,15 +676,17 @@ static void stream_open(etcd *s)
         auth_start(s);
         return;
     }
-    char url[600], auth[600];
+    size_t authlen = 32 + (s->token ? strlen(s->token) : 0);
+    char url[600], *auth = malloc(authlen);
     const char *headers[4];
-    request_headers(s, headers, auth, sizeof auth);
+    request_headers(s, headers, auth, authlen);
     /* a member cut off from the cluster's leader ends the stream, rather
      * than leaving our watches silently stale */
     headers[headers[1] ? 2 : 1] = "Grpc-Metadata-Hasleader: true";
     headers[3] = NULL;
     snprintf(url, sizeof url, "%s/v3/watch", s->endpoints[s->current]);
     s->stream = ls_http_stream(s->watch_http, url, headers, stream_data, stream_done, s);
+    free(auth);
     s->inlen = 0;
     s->last_data = s->opened_at = ls_now();
     if (!s->stream) {

@@ -490,4 +490,26 @@ describe("etcd with TLS and authentication", function()
     b:stop(); c:stop(); s:close()
     L.run(5)
   end)
+
+  it("authenticates with a JWT longer than 600 bytes (RS512, a 4096-bit key)", function()
+    local dir = H.tmpdir("etcd-jwt")
+    local out = H.sh("cd " .. H.quote(dir) .. " && openssl genrsa -out jwt.key 4096 2>&1 && " ..
+                     "openssl rsa -in jwt.key -pubout -out jwt.pub 2>&1; echo rc=$?")
+    assert(out:match("rc=0%s*$"), out)
+    local srv = E.start { args = { "--auth-token", "jwt,pub-key=" .. dir .. "/jwt.pub,priv-key=" ..
+                                   dir .. "/jwt.key,sign-method=RS512,ttl=10m" } }
+    finally(function() srv:stop() end)
+    srv:enable_auth("carol", "pw-of-carol")
+    local s = assert(L.store(srv.url, { auth = { username = "carol", password = "pw-of-carol" } }))
+    local log, record = recorder()
+    local key = new_key()
+    local a = candidate(s, key, "a", record)
+    local f = follower(s, key, "f", record)
+    a:run(); f:run()
+    assert.truthy(loop_until(function() return a:is_leader() and find(log, "^f sees a") end, 5),
+      table.concat(log, "\n"))
+    assert.is_nil(find(log, " error "), table.concat(log, "\n"))
+    a:stop(); f:stop(); s:close()
+    L.run(5)
+  end)
 end)
