@@ -1891,6 +1891,19 @@ static int etcd_open(ls_store *store, const ls_store_config *cfg, char *err, siz
         free(from_url_password);
         return -1;
     }
+    /* they go to etcd in a JSON string: json_pack would refuse them later */
+    json_t *user_json = json_string(user ? user : ""),
+           *password_json = json_string(password ? password : "");
+    bool utf8 = user_json && password_json;
+    json_decref(user_json);
+    json_decref(password_json);
+    if (!utf8) {
+        snprintf(err, errlen, "etcd store '%s': auth.username and auth.password must be UTF-8",
+                 cfg->redacted);
+        free(from_url_user);
+        free(from_url_password);
+        return -1;
+    }
     ls_http_options opts = {.ca = ca,
                             .cert = cert,
                             .key = key,
