@@ -4,6 +4,7 @@
 local L = require "leadership"
 local R = require "redis"
 local Rec = require "record"
+local C = require "cluster"
 
 local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
 
@@ -365,212 +366,25 @@ describe("redis store", function()
     end)
   end)
 
-  describe("`leadership run` processes", function()
-    local procs, stamp_dir
+  -- ttl 2: a kill -9 hands over when the lease runs out, within ttl + 1 s;
+  -- a paused leader is replaced within ttl + 2 s and on resume finds its
+  -- deadline passed or its key taken
+  C.describe_processes(_ENV, "redis", function() return srv.url end,
+    { ttl = 2, elect = 5, sigterm = 0.5, rounds = 3, kill9 = 3, pause = 1.5, takeover = 4,
+      lost = { "deadline", "deleted" }, counted = true })
 
-    before_each(function()
-      procs = {}
-      stamp_dir = H.tmpdir("redis-stamps")
-    end)
-
-    after_each(function()
-      for _, p in ipairs(procs) do
-        H.signal(p, "CONT")
-        H.stop(p, 3)
-        if p.dir:match("^/tmp/leadership%-proc") then os.execute("rm -rf " .. H.quote(p.dir)) end
-      end
-      os.execute("rm -rf " .. H.quote(stamp_dir))
-    end)
-
-    local function start_node(name, key, ttl)
-      local p = H.spawn({ H.bin, "run", "spec/support/stamp_policy.lua", "--store", srv.url,
-                          "--key", key, "--node", name, "--ttl", tostring(ttl) },
-                        { env = { STAMP_FILE = stamp_dir .. "/stamps" } })
-      p.name = name
-      procs[#procs + 1] = p
-      return p
-    end
-
-    -- "elected <term> <wall time>" lines of a node: { {term=, time=}, ... }
-    local function elections(p)
-      local out = {}
-      for term, t in (H.read(p.stdout) or ""):gmatch("elected (%d+) ([%d.]+)") do
-        out[#out + 1] = { term = tonumber(term), time = tonumber(t), node = p.name }
-      end
-      return out
-    end
-
-    local function leaders()
-      local out = {}
-      for _, p in ipairs(procs) do
-        local e = elections(p)
-        if #e > 0 then out[#out + 1] = { proc = p, last = e[#e] } end
-      end
-      return out
-    end
-
-    -- The node currently leading: the latest "elected" among living nodes
-    -- with no "lost" after it.
-    local function current_leader()
-      local best
-      for _, p in ipairs(procs) do
-        local out = H.read(p.stdout) or ""
-        local last_elected = out:match(".*elected (%d+) [%d.]+")
-        local tail = last_elected and out:match(".*elected %d+ [%d.]+(.*)$") or ""
-        if last_elected and not tail:match("\nlost ") and H.alive(p) then
-          if best then return nil, "two leaders: " .. best.name .. " and " .. p.name end
-          best = p
-        end
-      end
-      return best
-    end
-
-    -- Every stamp, by time: each term belongs to one node, and terms never
-    -- go down, so no two leaders ever worked at once.
-    local function check_stamps()
-      local stamps = {}
-      for t, node, term in (H.read(stamp_dir .. "/stamps") or ""):gmatch("([%d.]+) (%S+) (%d+)\n") do
-        stamps[#stamps + 1] = { time = tonumber(t), node = node, term = tonumber(term) }
-      end
-      table.sort(stamps, function(x, y) return x.time < y.time end)
-      local owner, top = {}, 0
-      for _, s in ipairs(stamps) do
-        assert(owner[s.term] == nil or owner[s.term] == s.node,
-               ("term %d stamped by %s and %s"):format(s.term, tostring(owner[s.term]), s.node))
-        owner[s.term] = s.node
-        assert(s.term >= top, ("%s worked with term %d at %.3f after term %d had started"):format(
-          s.node, s.term, s.time, top))
-        top = s.term
-      end
-      return stamps
-    end
-
-    it("three processes: exactly one leader, the others wait", function()
-      local key = new_key()
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 2) end
-      assert.truthy(H.wait_until(function() return #leaders() >= 1 end, 5))
-      os.execute("sleep 1.5")
-      local ls = leaders()
-      assert.equal(1, #ls)
-      assert.equal(1, ls[1].last.term)
-      assert.truthy(current_leader())
-      local stamps = check_stamps()
-      assert.truthy(#stamps > 50)
-      for _, p in ipairs(procs) do assert.is_true(H.alive(p)) end
-    end)
-
-    it("SIGTERM hands over at once; terms strictly rise over three handovers", function()
-      local key = new_key()
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 3) end
-      local handovers = {}
-      for round = 1, 3 do
-        local leader = H.wait_until(function() return current_leader() end, 5)
-        assert.truthy(leader, "no leader in round " .. round)
-        os.execute("sleep 0.3")
-        local t0 = L.time()
-        H.signal(leader, "TERM")
-        local successor = H.wait_until(function()
-          local c = current_leader()
-          return c ~= leader and c
-        end, 5)
-        assert.truthy(successor, "no successor in round " .. round)
-        local e = elections(successor)
-        handovers[round] = e[#e].time - t0
-        -- the stopped node comes back as a candidate
-        H.wait_until(function() return not H.alive(leader) end, 3)
-        start_node(leader.name .. "." .. round, key, 3)
-      end
-      io.stderr:write(("\n[redis] SIGTERM handover (ttl 3 s): %s s\n"):format(
-        table.concat((function()
-          local t = {}
-          for i, h in ipairs(handovers) do t[i] = ("%.3f"):format(h) end
-          return t
-        end)(), ", ")))
-      for _, h in ipairs(handovers) do assert.truthy(h < 0.5, "handover took " .. h .. " s") end
-      -- every "elected" across all processes, by time: terms strictly rise
-      local all = {}
-      for _, p in ipairs(procs) do for _, e in ipairs(elections(p)) do all[#all + 1] = e end end
-      table.sort(all, function(x, y) return x.time < y.time end)
-      for i = 2, #all do assert.truthy(all[i].term > all[i - 1].term) end
-      check_stamps()
-    end)
-
-    it("kill -9 of the leader: handover within ttl + 1 s", function()
-      local key = new_key()
-      local ttl = 2
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, ttl) end
-      local leader = H.wait_until(function() return current_leader() end, 5)
-      assert.truthy(leader)
-      os.execute("sleep 0.5")
-      local t0 = L.time()
-      H.signal(leader, "KILL")
-      local successor = H.wait_until(function()
-        local c = current_leader()
-        return c ~= leader and H.alive(c or leader) and c
-      end, ttl + 3)
-      assert.truthy(successor)
-      local e = elections(successor)
-      local handover = e[#e].time - t0
-      io.stderr:write(("\n[redis] kill -9 handover (ttl %g s): %.3f s\n"):format(ttl, handover))
-      assert.truthy(handover <= ttl + 1, "handover took " .. handover .. " s")
-      assert.equal(2, e[#e].term)
-      check_stamps()
-    end)
-
-    it("SIGSTOP past the ttl: the old leader never works again after the new one starts", function()
-      local key = new_key()
-      local ttl = 1.5
-      for _, n in ipairs({ "n1", "n2" }) do start_node(n, key, ttl) end
-      local leader = H.wait_until(function() return current_leader() end, 5)
-      assert.truthy(leader)
-      os.execute("sleep 0.5")
-      H.signal(leader, "STOP")
-      local other = procs[1] == leader and procs[2] or procs[1]
-      assert.truthy(H.wait_until(function() return #elections(other) > 0 end, ttl + 2))
-      os.execute("sleep 0.5")
-      H.signal(leader, "CONT")
-      assert.truthy(H.wait_until(function()
-        return (H.read(leader.stdout) or ""):match("\nlost (%a+)")
-      end, 3))
-      local reason = (H.read(leader.stdout) or ""):match("\nlost (%a+)")
-      -- its own deadline, or the store naming the new leader: either way before it works
-      assert.truthy(reason == "deadline" or reason == "deleted", reason)
-      os.execute("sleep 0.5")
-      local stamps = check_stamps()
-      local new_start = elections(other)[1].time
-      local old_stamps, new_stamps = 0, 0
-      for _, s in ipairs(stamps) do
-        if s.node == leader.name then
-          old_stamps = old_stamps + 1
-          assert.truthy(s.time < new_start, ("old leader stamped at %.3f, new leader began %.3f"):format(s.time, new_start))
-        else
-          new_stamps = new_stamps + 1
-        end
-      end
-      assert.truthy(old_stamps > 10 and new_stamps > 10, old_stamps .. " / " .. new_stamps)
-      assert.equal(other, current_leader())
-    end)
-
-    it("Redis restarted mid-election: the election resumes, never two leaders", function()
-      local key = new_key()
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, 3) end
-      local leader = H.wait_until(function() return current_leader() end, 5)
-      assert.truthy(leader)
-      os.execute("sleep 0.5")
-      local t_restart = L.time()
-      srv:restart(0.3)
-      os.execute("sleep 3")
-      local stamps = check_stamps()
-      local after = 0
-      for _, s in ipairs(stamps) do if s.time > t_restart + 2 then after = after + 1 end end
-      assert.truthy(after > 20, "only " .. after .. " stamps after the restart")
-      local now_leader, err = current_leader()
-      if not now_leader and os.getenv("REDIS_SPEC_DEBUG") then
-        for _, p in ipairs(procs) do
-          io.stderr:write("== ", p.name, "\n", H.read(p.stdout) or "", H.read(p.stderr) or "")
-        end
-      end
-      assert.truthy(now_leader, err)
-    end)
+  it("Redis restarted mid-election: the election resumes, never two leaders", function()
+    local cluster = C.start { store = srv.url, ttl = 3 }
+    finally(function() cluster:stop(3) end)
+    assert.truthy(cluster:wait_leader(5), cluster:dump())
+    os.execute("sleep 0.5")
+    local t_restart = L.time()
+    srv:restart(0.3)
+    os.execute("sleep 3")
+    assert.is_nil(cluster:violation())
+    local after = 0
+    for _, s in ipairs(cluster:read_stamps()) do if s.t > t_restart + 2 then after = after + 1 end end
+    assert.truthy(after > 20, "only " .. after .. " stamps after the restart")
+    assert.equal(1, #cluster:leaders(), cluster:dump())
   end)
 end)

@@ -8,6 +8,7 @@
 local L = require "leadership"
 local C = require "consul"
 local Rec = require "record"
+local Cluster = require "cluster"
 
 local have = C.available()
 if not have then
@@ -327,206 +328,35 @@ describe("consul store (against the Consul double)", function()
     end)
   end)
 
-  describe("`leadership run` processes", function()
-    local procs, stamp_dir
+  -- The double expires a dead node's session after exactly ttl (Consul
+  -- may take 2 x ttl), then the lock-delay holds the key: a kill -9 hands
+  -- over after 2 x ttl + lock_delay + 1 s at most, and not before the
+  -- lock-delay. Elsewhere lock_delay=0s; a paused leader is replaced once
+  -- its session expires (ttl + 3 s) and on resume finds its deadline passed.
+  local lock_delay = 1
+  Cluster.describe_processes(_ENV, "consul", function(scenario)
+    return srv.url .. "?lock_delay=" .. (scenario == "kill9" and lock_delay or 0) .. "s"
+  end, { ttl = 10, elect = 5, sigterm = 0.5, rounds = 3, kill9 = 2 * 10 + lock_delay + 1,
+         kill9_min = lock_delay, pause = 1.5, takeover = 13, lost = { "deadline" }, counted = true,
+         sessions = function() return #srv:sessions() end })
 
-    before_each(function()
-      procs = {}
-      stamp_dir = H.tmpdir("consul-stamps")
-    end)
-
-    after_each(function()
-      for _, p in ipairs(procs) do
-        H.signal(p, "CONT")
-        H.stop(p, 3)
-      end
-      os.execute("rm -rf " .. H.quote(stamp_dir))
-    end)
-
-    local function start_node(name, key, url, env)
-      env = env or {}
-      env.STAMP_FILE = stamp_dir .. "/stamps"
-      local p = H.spawn({ H.bin, "run", "spec/support/stamp_policy.lua", "--store", url,
-                          "--key", key, "--node", name, "--ttl", "10" }, { env = env })
-      p.name = name
-      procs[#procs + 1] = p
-      return p
-    end
-
-    local function elections(p)
-      local out = {}
-      for term, t in (H.read(p.stdout) or ""):gmatch("elected (%d+) ([%d.]+)") do
-        out[#out + 1] = { term = tonumber(term), time = tonumber(t), node = p.name }
-      end
-      return out
-    end
-
-    local function leaders()
-      local out = {}
-      for _, p in ipairs(procs) do
-        local e = elections(p)
-        if #e > 0 then out[#out + 1] = { proc = p, last = e[#e] } end
-      end
-      return out
-    end
-
-    local function current_leader()
-      local best
-      for _, p in ipairs(procs) do
-        local out = H.read(p.stdout) or ""
-        local last_elected = out:match(".*elected (%d+) [%d.]+")
-        local tail = last_elected and out:match(".*elected %d+ [%d.]+(.*)$") or ""
-        if last_elected and not tail:match("lost") and H.alive(p) then
-          if best then return nil, "two leaders: " .. best.name .. " and " .. p.name end
-          best = p
-        end
-      end
-      return best
-    end
-
-    -- Every work stamp, by time: a term belongs to one node and terms
-    -- never go down, so no two leaders ever worked at once.
-    local function check_stamps()
-      local stamps = {}
-      for t, node, term in (H.read(stamp_dir .. "/stamps") or ""):gmatch("([%d.]+) (%S+) (%d+)\n") do
-        stamps[#stamps + 1] = { time = tonumber(t), node = node, term = tonumber(term) }
-      end
-      table.sort(stamps, function(x, y) return x.time < y.time end)
-      local owner, top = {}, 0
-      for _, s in ipairs(stamps) do
-        assert(owner[s.term] == nil or owner[s.term] == s.node,
-               ("term %d stamped by %s and %s"):format(s.term, tostring(owner[s.term]), s.node))
-        owner[s.term] = s.node
-        assert(s.term >= top, ("%s worked with term %d at %.3f after term %d had started"):format(
-          s.node, s.term, s.time, top))
-        top = s.term
-      end
-      return stamps
-    end
-
-    it("three processes: exactly one leader, the others wait", function()
-      local key = new_key()
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, srv.url .. "?lock_delay=0s") end
-      assert.truthy(H.wait_until(function() return #leaders() >= 1 end, 5))
-      os.execute("sleep 1.5")
-      local ls = leaders()
-      assert.equal(1, #ls)
-      assert.equal(1, ls[1].last.term)
-      assert.truthy(current_leader())
-      assert.truthy(#check_stamps() > 50)
-      assert.equal(3, #srv:sessions())
-      for _, p in ipairs(procs) do assert.is_true(H.alive(p)) end
-    end)
-
-    it("SIGTERM hands over at once and destroys the session; terms strictly rise", function()
-      local key = new_key()
-      local url = srv.url .. "?lock_delay=0s"
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, url) end
-      local handovers = {}
-      for round = 1, 3 do
-        local leader = H.wait_until(function() return current_leader() end, 5)
-        assert.truthy(leader, "no leader in round " .. round)
-        os.execute("sleep 0.3")
-        local sessions = #srv:sessions()
-        local t0 = L.time()
-        H.signal(leader, "TERM")
-        local successor = H.wait_until(function()
-          local c = current_leader()
-          return c ~= leader and c
-        end, 5)
-        assert.truthy(successor, "no successor in round " .. round)
-        local e = elections(successor)
-        handovers[round] = e[#e].time - t0
-        assert.truthy(H.wait_until(function() return not H.alive(leader) end, 3))
-        assert.equal(sessions - 1, #srv:sessions())
-        start_node(leader.name .. "." .. round, key, url)
-      end
-      local shown = {}
-      for i, h in ipairs(handovers) do shown[i] = ("%.3f"):format(h) end
-      io.stderr:write(("\n[consul] SIGTERM handover (ttl 10 s): %s s\n"):format(table.concat(shown, ", ")))
-      for _, h in ipairs(handovers) do assert.truthy(h < 0.5, "handover took " .. h .. " s") end
-      local all = {}
-      for _, p in ipairs(procs) do for _, e in ipairs(elections(p)) do all[#all + 1] = e end end
-      table.sort(all, function(x, y) return x.time < y.time end)
-      assert.equal(4, #all)
-      for i = 2, #all do assert.truthy(all[i].term > all[i - 1].term) end
-      check_stamps()
-    end)
-
-    it("kill -9 of the leader: handover within 2 x ttl + lock_delay + 1 s", function()
-      local key = new_key()
-      local ttl, lock_delay = 10, 1
-      local url = srv.url .. "?lock_delay=" .. lock_delay .. "s"
-      for _, n in ipairs({ "n1", "n2", "n3" }) do start_node(n, key, url) end
-      local leader = H.wait_until(function() return current_leader() end, 5)
-      assert.truthy(leader)
-      os.execute("sleep 0.5")
-      local t0 = L.time()
-      H.signal(leader, "KILL")
-      local successor = H.wait_until(function()
-        local c = current_leader()
-        return c ~= leader and H.alive(c or leader) and c
-      end, 2 * ttl + lock_delay + 2)
-      assert.truthy(successor)
-      local e = elections(successor)
-      local handover = e[#e].time - t0
-      io.stderr:write(("\n[consul] kill -9 handover (ttl %g s, lock_delay %g s): %.3f s\n"):format(
-        ttl, lock_delay, handover))
-      -- the double expires the session after ttl, then the lock-delay runs
-      assert.truthy(handover >= lock_delay, "handover took only " .. handover .. " s")
-      assert.truthy(handover <= 2 * ttl + lock_delay + 1, "handover took " .. handover .. " s")
-      assert.equal(2, e[#e].term)
-      check_stamps()
-    end)
-
-    it("SIGSTOP past the deadline: the old leader never works again after the new one starts", function()
-      local key = new_key()
-      local url = srv.url .. "?lock_delay=0s"
-      for _, n in ipairs({ "n1", "n2" }) do start_node(n, key, url) end
-      local leader = H.wait_until(function() return current_leader() end, 5)
-      assert.truthy(leader)
-      os.execute("sleep 0.5")
-      H.signal(leader, "STOP")
-      local other = procs[1] == leader and procs[2] or procs[1]
-      -- the session expires after ttl (10 s) without renewals
-      assert.truthy(H.wait_until(function() return #elections(other) > 0 end, 13))
-      os.execute("sleep 0.5")
-      H.signal(leader, "CONT")
-      assert.truthy(H.wait_until(function()
-        return (H.read(leader.stdout) or ""):match("lost deadline")
-      end, 3), H.read(leader.stdout))
-      os.execute("sleep 0.5")
-      local stamps = check_stamps()
-      local e = elections(other)
-      local new_start = e[#e].time
-      for _, s in ipairs(stamps) do
-        if s.node == leader.name then
-          assert.truthy(s.time < new_start, ("%s stamped at %.3f, after %s began at %.3f"):format(
-            s.node, s.time, other.name, new_start))
-        end
-      end
-      assert.equal(2, e[#e].term)
-    end)
-
-    it("wrong token from CONSUL_HTTP_TOKEN: a clear error; the right one elects", function()
-      local token = "tok-" .. math.random(1e9)
-      local locked = C.start({ acl_token = token })
-      local ok, err = pcall(function()
-        local key = new_key()
-        local bad = start_node("bad", key, locked.url, { CONSUL_HTTP_TOKEN = "nope" })
-        assert.truthy(H.wait_until(function()
-          return (H.read(bad.stdout) or ""):match("error [^\n]*permission denied")
-        end, 5), H.read(bad.stdout))
-        local out = H.read(bad.stdout) .. (H.read(bad.stderr) or "")
-        assert.matches("check the ACL token", out)
-        assert.is_nil(out:find("nope", 1, true))
-        local good = start_node("good", key, locked.url, { CONSUL_HTTP_TOKEN = token })
-        assert.truthy(H.wait_until(function() return #elections(good) > 0 end, 5))
-        assert.is_nil(((H.read(good.stdout) or "") .. (H.read(good.stderr) or "")):find(token, 1, true))
-      end)
-      for _, p in ipairs(procs) do H.stop(p, 3) end
+  it("wrong token from CONSUL_HTTP_TOKEN: a clear error; the right one elects", function()
+    local token = "tok-" .. math.random(1e9)
+    local locked = C.start({ acl_token = token })
+    local cluster = Cluster.start { store = locked.url, ttl = 10, nodes = 0 }
+    finally(function()
+      cluster:stop(3)
       locked:stop()
-      assert(ok, err)
     end)
+    local bad = cluster:add("bad", { CONSUL_HTTP_TOKEN = "nope" })
+    assert.truthy(H.wait_until(function()
+      return (H.read(bad.stdout) or ""):match("error [^\n]*permission denied")
+    end, 5), H.read(bad.stdout))
+    local out = H.read(bad.stdout) .. (H.read(bad.stderr) or "")
+    assert.matches("check the ACL token", out)
+    assert.is_nil(out:find("nope", 1, true))
+    local good = cluster:add("good", { CONSUL_HTTP_TOKEN = token })
+    assert.truthy(H.wait_until(function() return #cluster:elections("good") > 0 end, 5))
+    assert.is_nil(((H.read(good.stdout) or "") .. (H.read(good.stderr) or "")):find(token, 1, true))
   end)
 end)

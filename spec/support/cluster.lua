@@ -9,8 +9,8 @@ C.__index = C
 -- dir (default: a new temp dir)
 function C.start(opts)
   local self = setmetatable({
-    dir = opts.dir or H.tmpdir("cluster"), store = opts.store, ttl = opts.ttl or 2,
-    key = opts.key or ("spec/" .. math.random(1e9)), procs = {}, names = {},
+    dir = opts.dir or H.tmpdir("cluster"), own_dir = opts.dir == nil, store = opts.store,
+    ttl = opts.ttl or 2, key = opts.key or ("spec/" .. math.random(1e9)), procs = {}, names = {},
   }, C)
   self.stamps = self.dir .. "/stamps"
   for i = 1, opts.nodes or 3 do
@@ -73,8 +73,29 @@ function C:leaders()
   return found
 end
 
--- Waits for exactly one leader other than `except`; returns it and the
--- wall time its "elected" line carries.
+-- A node's "elected <term> <wall time>" lines: { { term, t, node }, ... }.
+function C:elections(name)
+  local out = {}
+  for _, line in ipairs(self:lines(name)) do
+    local term, t = line:match("^elected (%d+) ([%d.]+)")
+    if term then out[#out + 1] = { term = tonumber(term), t = tonumber(t), node = name } end
+  end
+  return out
+end
+
+-- Every node's elections, by time.
+function C:all_elections()
+  local all = {}
+  for _, name in ipairs(self.names) do
+    for _, e in ipairs(self:elections(name)) do all[#all + 1] = e end
+  end
+  table.sort(all, function(a, b) return a.t < b.t end)
+  return all
+end
+
+-- Waits for exactly one leader other than `except`; returns it and its
+-- latest election ({ term, t }: t is the wall time its "elected" line
+-- carries).
 function C:wait_leader(timeout, except)
   local name = H.wait_until(function()
     -- a paused old leader still looks elected: look past it
@@ -85,12 +106,8 @@ function C:wait_leader(timeout, except)
     if #others == 1 then return others[1] end
   end, timeout or 10, 0.01)
   if not name then return nil end
-  local at
-  for _, line in ipairs(self:lines(name)) do
-    local t = line:match("^elected %d+ ([%d.]+)")
-    if t then at = tonumber(t) end
-  end
-  return name, at
+  local e = self:elections(name)
+  return name, e[#e]
 end
 
 function C:proc(name) return self.procs[name] end
@@ -139,11 +156,27 @@ function C:check_stamps()
   return nil, #order, #stamps
 end
 
-function C:stop()
+-- Ends every node: at once (SIGKILL), or with `grace` seconds after a
+-- SIGTERM, so each releases what it holds in the store (a Consul session
+-- a killed node leaves would expire in the middle of the next spec). A
+-- temp dir start() made goes too.
+function C:stop(grace)
   for _, name in ipairs(self.names) do
     local proc = self.procs[name]
-    if H.alive(proc) then H.signal(proc, "CONT"); H.signal(proc, "KILL") end
+    if H.alive(proc) then
+      H.signal(proc, "CONT")
+      if grace then H.stop(proc, grace) else H.signal(proc, "KILL") end
+    end
   end
+  if self.own_dir and self.dir:match("^/tmp/leadership%-cluster") then
+    os.execute("rm -rf " .. H.quote(self.dir))
+  end
+end
+
+-- check_stamps' verdict with every node's output, for a failure message.
+function C:violation()
+  local v = self:check_stamps()
+  return v and v .. "\n" .. self:dump()
 end
 
 -- For failure messages: every node's output.
@@ -156,61 +189,116 @@ function C:dump()
   return table.concat(parts, "\n")
 end
 
--- The process-level scenarios every backend must pass. `make_store()`
--- returns a store URL; `limits` gives ttl, kill9 (seconds allowed for a
--- kill -9 handover) and pause (how long to SIGSTOP the leader). `spec` is
--- the calling spec's environment (describe, it, after_each, assert).
+-- The process-level scenarios every backend must pass. `spec` is the
+-- calling spec's environment (describe, it, after_each, assert).
+-- `make_store(scenario)` returns a store URL ("elect", "sigterm", "kill9",
+-- "pause": a store may want other options for one of them). `limits`:
+--   ttl         the election ttl
+--   elect       seconds the first election may take (default 10)
+--   sigterm     seconds a SIGTERM handover may take (default 1)
+--   rounds      SIGTERM handovers in a row, each stopped node replaced (1)
+--   kill9       seconds a kill -9 handover may take
+--   kill9_min   and may not undercut (a lock-delay the store must keep)
+--   pause       about how long the leader stays SIGSTOPped
+--   takeover    seconds after the SIGSTOP by which another leads (pause + 5)
+--   lost        the reasons the resumed leader may give (default: any)
+--   counted     terms count elections: 1 first, one more per handover
+--   sessions    function: how many sessions the store holds (one a node,
+--               given up on SIGTERM)
 function C.describe_processes(spec, backend, make_store, limits)
   local describe, it, after_each, assert = spec.describe, spec.it, spec.after_each, spec.assert
+  local time = require("leadership").time
+  local elect = limits.elect or 10
+
   describe(backend .. " across processes", function()
     local cluster
-    after_each(function() if cluster then cluster:stop() end end)
+    after_each(function()
+      if cluster then cluster:stop(3) end
+      cluster = nil
+    end)
 
-    it("elects exactly one leader among three, hands over on SIGTERM", function()
-      cluster = C.start { store = make_store(), ttl = limits.ttl }
-      local first = cluster:wait_leader(limits.elect or 10)
+    local function start(scenario)
+      cluster = C.start { store = make_store(scenario), ttl = limits.ttl }
+      local first, e = cluster:wait_leader(elect)
       assert.truthy(first, cluster:dump())
-      os.execute("sleep 0.3")
-      assert.equal(1, #cluster:leaders(), cluster:dump())
-      local t0 = require("leadership").time()
-      H.signal(cluster:proc(first), "TERM")
-      local second, at = cluster:wait_leader(limits.ttl + 2, first)
-      assert.truthy(second, cluster:dump())
-      local handover = at - t0
-      io.stderr:write(("\n[%s] SIGTERM handover: %.0f ms\n"):format(backend, handover * 1000))
-      assert.is_true(handover < 1.0, ("SIGTERM handover took %.3f s"):format(handover))
-      assert.is_true(H.wait_until(function() return not H.alive(cluster:proc(first)) end, 5))
-      os.execute("sleep 0.2")
-      assert.is_nil(cluster:check_stamps())
+      return first, e
+    end
+
+    it("elects exactly one leader among three; the others wait", function()
+      start("elect")
+      os.execute("sleep 1.5")
+      local all = cluster:all_elections()
+      assert.equal(1, #all, cluster:dump())
+      if limits.counted then assert.equal(1, all[1].term) end
+      assert.same({ all[1].node }, cluster:leaders())
+      for _, name in ipairs(cluster.names) do assert.is_true(H.alive(cluster:proc(name)), name) end
+      assert.is_nil(cluster:violation())
+      local stamps = #cluster:read_stamps()
+      assert.is_true(stamps > 50, "stamps: " .. stamps)
+      if limits.sessions then assert.equal(#cluster.names, limits.sessions()) end
+    end)
+
+    local rounds = limits.rounds or 1
+    it(("hands over on SIGTERM at once, %d time(s); terms rise"):format(rounds), function()
+      local leader = start("sigterm")
+      local handovers = {}
+      for round = 1, rounds do
+        os.execute("sleep 0.3")
+        local sessions = limits.sessions and limits.sessions()
+        local t0 = time()
+        H.signal(cluster:proc(leader), "TERM")
+        local successor, e = cluster:wait_leader(limits.ttl + 2, leader)
+        assert.truthy(successor, "no successor in round " .. round .. "\n" .. cluster:dump())
+        handovers[round] = ("%.0f"):format((e.t - t0) * 1000)
+        assert.is_true(e.t - t0 < (limits.sigterm or 1), ("SIGTERM handover took %.3f s"):format(e.t - t0))
+        assert.is_true(H.wait_until(function() return not H.alive(cluster:proc(leader)) end, 3))
+        -- it gave its session up on the way out
+        if sessions then assert.equal(sessions - 1, limits.sessions()) end
+        -- and comes back as a candidate
+        if round < rounds then cluster:add(leader .. "." .. round) end
+        leader = successor
+      end
+      io.stderr:write(("\n[%s] SIGTERM handover (ttl %g s): %s ms\n"):format(
+        backend, limits.ttl, table.concat(handovers, ", ")))
+      -- one election a handover, each with a higher term
+      local all = cluster:all_elections()
+      assert.equal(rounds + 1, #all, cluster:dump())
+      for i = 2, #all do assert.is_true(all[i].term > all[i - 1].term, cluster:dump()) end
+      if limits.counted then
+        for i, e in ipairs(all) do assert.equal(i, e.term) end
+      end
+      assert.is_nil(cluster:violation())
     end)
 
     it("hands over after kill -9 within the limit", function()
-      cluster = C.start { store = make_store(), ttl = limits.ttl }
-      local first = cluster:wait_leader(limits.elect or 10)
-      assert.truthy(first, cluster:dump())
-      local t0 = require("leadership").time()
+      local first, e1 = start("kill9")
+      os.execute("sleep 0.5")
+      local t0 = time()
       H.signal(cluster:proc(first), "KILL")
-      local second, at = cluster:wait_leader(limits.kill9 + 3, first)
+      local second, e = cluster:wait_leader(limits.kill9 + 3, first)
       assert.truthy(second, cluster:dump())
-      local handover = at - t0
-      io.stderr:write(("\n[%s] kill -9 handover: %.0f ms\n"):format(backend, handover * 1000))
+      local handover = e.t - t0
+      io.stderr:write(("\n[%s] kill -9 handover (ttl %g s): %.0f ms\n"):format(backend, limits.ttl, handover * 1000))
       assert.is_true(handover <= limits.kill9, ("kill -9 handover took %.3f s"):format(handover))
-      assert.is_nil(cluster:check_stamps())
+      if limits.kill9_min then
+        assert.is_true(handover >= limits.kill9_min, ("kill -9 handover took only %.3f s"):format(handover))
+      end
+      assert.is_true(e.term > e1.term)
+      if limits.counted then assert.equal(2, e.term) end
+      assert.is_nil(cluster:violation())
     end)
 
     it("a leader paused past its ttl never runs leader code again; terms rise", function()
-      cluster = C.start { store = make_store(), ttl = limits.ttl }
-      local first = cluster:wait_leader(limits.elect or 10)
-      assert.truthy(first, cluster:dump())
+      local first, e1 = start("pause")
+      os.execute("sleep 0.5")
       local proc = cluster:proc(first)
       H.signal(proc, "STOP")
-      local second = cluster:wait_leader(limits.pause + 5, first)
+      local second, e = cluster:wait_leader(limits.takeover or limits.pause + 5, first)
       os.execute(("sleep %g"):format(math.max(0, limits.pause - 1)))
       H.signal(proc, "CONT")
       os.execute("sleep 1")
       assert.truthy(second, cluster:dump())
-      local violation = cluster:check_stamps()
-      assert.is_nil(violation, (violation or "") .. "\n" .. cluster:dump())
+      assert.is_nil(cluster:violation())
       -- the resumed one stepped down before doing any work
       local lost
       for _, line in ipairs(cluster:lines(first)) do
@@ -218,6 +306,27 @@ function C.describe_processes(spec, backend, make_store, limits)
       end
       assert.truthy(lost, cluster:dump())
       io.stderr:write(("\n[%s] paused leader on resume: %s\n"):format(backend, lost))
+      if limits.lost then
+        local reason = lost:match("^lost (%S+)")
+        local allowed = false
+        for _, r in ipairs(limits.lost) do allowed = allowed or r == reason end
+        assert.is_true(allowed, lost)
+      end
+      -- nothing it did after the new leader was elected; both did work
+      local old, new = 0, 0
+      for _, s in ipairs(cluster:read_stamps()) do
+        if s.node == first then
+          old = old + 1
+          assert.is_true(s.t < e.t, ("%s stamped at %.3f, %s elected at %.3f"):format(first, s.t, second, e.t))
+        elseif s.node == second then
+          new = new + 1
+        end
+      end
+      assert.is_true(old > 10 and new > 10, old .. " / " .. new)
+      assert.is_true(e.term > e1.term)
+      if limits.counted then assert.equal(2, e.term) end
+      -- and it did not come back as a leader
+      assert.same({ second }, cluster:leaders(), cluster:dump())
     end)
   end)
 end
