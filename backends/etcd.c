@@ -146,6 +146,14 @@ struct release {
     release *next;
 };
 
+/* Where the watch stream's next message ends, as far as it has been read:
+ * messages are JSON objects, back to back or between newlines. */
+typedef struct stream_frame {
+    size_t end;
+    unsigned depth;
+    bool in_string, escaped;
+} stream_frame;
+
 struct etcd {
     ls_store *store;
     char **endpoints; /* "http(s)://host:port" */
@@ -167,6 +175,7 @@ struct etcd {
     bool stream_wants_auth;
     char *in;
     size_t inlen;
+    stream_frame frame; /* how far into `in` the next message is known */
     watch *buckets[WATCH_BUCKETS];
     unsigned nwatches;
     int64_t next_watch_id;
@@ -688,6 +697,7 @@ static void stream_open(etcd *s)
     s->stream = ls_http_stream(s->watch_http, url, headers, stream_data, stream_done, s);
     free(auth);
     s->inlen = 0;
+    s->frame = (stream_frame){0};
     s->last_data = s->opened_at = ls_now();
     if (!s->stream) {
         struct timeval tv = {1, 0};
@@ -730,6 +740,7 @@ static void stream_broken(etcd *s, const char *why)
     ls_http_cancel(s->stream);
     s->stream = NULL;
     s->inlen = 0;
+    s->frame = (stream_frame){0};
     evtimer_del(s->heartbeat);
     if (s->closing)
         return;
@@ -815,6 +826,43 @@ static void stream_message(etcd *s, json_t *msg)
     w->fn(w->ctx, WATCH_EVENTS, events, NULL);
 }
 
+/* Finds where the message at the front of the stream buffer ends, going
+ * on from where the last call stopped, so each byte is looked at once
+ * (parsing the unfinished message again on every chunk is quadratic, and
+ * a chunk may end inside a UTF-8 character, which jansson calls invalid,
+ * not unfinished). 1: it ends at f->end; 0: the rest is on its way; -1:
+ * the stream holds no JSON object or array there. */
+static int frame_next(stream_frame *f, const char *in, size_t len)
+{
+    for (; f->end < len; f->end++) {
+        char c = in[f->end];
+        if (f->in_string) {
+            if (f->escaped)
+                f->escaped = false;
+            else if (c == '\\')
+                f->escaped = true;
+            else if (c == '"')
+                f->in_string = false;
+        } else if (c == '"') {
+            if (f->depth == 0)
+                return -1;
+            f->in_string = true;
+        } else if (c == '{' || c == '[') {
+            f->depth++;
+        } else if (c == '}' || c == ']') {
+            if (f->depth == 0)
+                return -1;
+            if (--f->depth == 0) {
+                f->end++;
+                return 1;
+            }
+        } else if (f->depth == 0 && c != ' ' && c != '\t' && c != '\r' && c != '\n') {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void stream_data(void *arg, const char *data, size_t len)
 {
     etcd *s = arg;
@@ -825,24 +873,27 @@ static void stream_data(void *arg, const char *data, size_t len)
     s->inlen += len;
     size_t off = 0;
     ls_http_request *stream = s->stream;
-    while (off < s->inlen && s->stream == stream) {
+    while (s->stream == stream) {
+        int framed = frame_next(&s->frame, s->in, s->inlen);
+        if (framed == 0)
+            break;
         json_error_t jerr;
-        json_t *msg = json_loadb(s->in + off, s->inlen - off, JSON_DISABLE_EOF_CHECK, &jerr);
+        json_t *msg = framed > 0 ? json_loadb(s->in + off, s->frame.end - off, 0, &jerr) : NULL;
         if (!msg) {
-            if (json_error_code(&jerr) == json_error_premature_end_of_input)
-                break; /* the rest is on its way */
             char why[300];
-            snprintf(why, sizeof why, "malformed JSON: %s", jerr.text);
+            snprintf(why, sizeof why, "malformed JSON: %s",
+                     framed > 0 ? jerr.text : "no object where a message starts");
             stream_broken(s, why);
             break;
         }
-        off += (size_t)jerr.position;
+        off = s->frame.end;
         stream_message(s, msg);
         json_decref(msg);
     }
     if (s->stream == stream && off > 0) {
         memmove(s->in, s->in + off, s->inlen - off);
         s->inlen -= off;
+        s->frame.end -= off;
     }
     leave(s);
 }

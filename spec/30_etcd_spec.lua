@@ -331,6 +331,34 @@ describe("etcd store", function()
         L.run(5) -- the clean-up, while the server still runs
       end)
     end
+
+    it("reads a stream that arrives a byte at a time, UTF-8 split too, without an error", function()
+      if not have_python then return end
+      local port = H.free_port()
+      local upstream = srv.url:match(":(%d+)$")
+      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), "watchbytes", upstream })
+      finally(function() H.signal(proc, "KILL") end)
+      assert.truthy(H.wait_until(function()
+        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+      end, 5))
+      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s, key, "a", record)
+      local f = follower(s, key, "f", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      f:run()
+      assert.truthy(loop_until(function() return f:leader() == "a" end, 5), table.concat(log, "\n"))
+      local b = candidate(s, key, "b", record)
+      b:run()
+      a:stop()
+      -- the handover reaches the follower through the watch stream
+      assert.truthy(loop_until(function() return f:leader() == "b" end, 10), table.concat(log, "\n"))
+      assert.is_nil(find(log, "^%a+ error"), table.concat(log, "\n"))
+      b:stop(); f:stop(); s:close()
+      L.run(5)
+    end)
   end)
 
   C.describe_processes(_ENV, "etcd", function() return srv.url end,

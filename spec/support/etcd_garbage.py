@@ -13,11 +13,18 @@ port) but break the /v3/watch stream:
 
   watchjunk  the stream answers with bytes that are not JSON
   watchcut   the stream sends half a message and closes
+
+and one that keeps the stream sound but hands it over in pieces:
+
+  watchbytes the real stream, one byte per TCP segment, after a first
+             message (for no watch of ours) with text in UTF-8, so
+             messages and characters arrive split anywhere
 """
 import http.client
 import socket
 import sys
 import threading
+import time
 
 PORT = int(sys.argv[1])
 MODE = sys.argv[2]
@@ -54,6 +61,67 @@ def read_request(conn):
     return lines[0], headers, body
 
 
+# Valid, for a watch id nobody has: the backend must pass over it whole.
+UTF8_MESSAGE = ('{"result":{"header":{"revision":"1"},"watch_id":"424242",'
+                '"compact_revision":"0","cancel_reason":"na\u00efve \u2713 \u00e9t\u00e9"}}\n')
+
+
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def watch_in_bytes(conn, raw_head):
+    """Relays the watch stream to the upstream etcd as it is, and its
+    answer back one byte at a time, the UTF-8 message first."""
+    conn.settimeout(None)
+    up = socket.create_connection(("127.0.0.1", UPSTREAM))
+    up.sendall(raw_head)
+    threading.Thread(target=pump, args=(conn, up), daemon=True).start()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pending = b""
+    injected = False
+    try:
+        while True:
+            data = up.recv(65536)
+            if not data:
+                break
+            pending += data
+            if not injected:
+                # interim answers (100 Continue) pass; after the 200's head
+                # comes our chunk, then the upstream's own
+                while b"\r\n\r\n" in pending and not injected:
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    conn.sendall(head + b"\r\n\r\n")
+                    if head.startswith(b"HTTP/1.1 200"):
+                        msg = UTF8_MESSAGE.encode()
+                        pending = b"%x\r\n%s\r\n" % (len(msg), msg) + pending
+                        injected = True
+                if not injected:
+                    continue
+            for i in range(len(pending)):
+                conn.sendall(pending[i:i + 1])
+                time.sleep(0.0002)
+            pending = b""
+    except OSError:
+        pass
+    finally:
+        conn.close()
+        up.close()
+
+
 def proxy(conn):
     conn.settimeout(10)
     try:
@@ -62,6 +130,9 @@ def proxy(conn):
             return
         line, headers, body = req
         method, path, _ = line.split(" ", 2)
+        if path.startswith("/v3/watch") and MODE == "watchbytes":
+            head = line + "\r\n" + "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+            return watch_in_bytes(conn, head.encode("latin-1") + body)
         if path.startswith("/v3/watch"):
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
