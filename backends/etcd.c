@@ -1720,6 +1720,8 @@ static void follower_watch_cb(void *ctx, watch_kind kind, json_t *events, const 
         kv k;
         if (!kv_parse(json_object_get(ev, "kv"), &k)) {
             ls_election_error(en->e, "etcd: malformed watch event; reading again");
+            if (en->dead) /* a report may stop the follower */
+                return;
             entry_unwatch(en);
             entry_read(en);
             return;
