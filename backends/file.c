@@ -812,8 +812,12 @@ static void entry_check(file_entry *en)
     /* our own release (resign): give the others the first chance */
     long long grace = 0;
     if (en->candidate && r.released_by && !strcmp(r.released_by, fs->holder_id) &&
-        !strcmp(r.boot, fs->boot_id))
-        grace = r.released_at_ns + RESIGN_GRACE_NS - now;
+        !strcmp(r.boot, fs->boot_id)) {
+        /* released_at comes from a file: one in the future is none we
+         * wrote (waiting on it would never end, adding to it overflows) */
+        if (r.released_at_ns <= now && r.released_at_ns > now - RESIGN_GRACE_NS)
+            grace = r.released_at_ns + RESIGN_GRACE_NS - now;
+    }
     record_free(&r);
     en->seen_holder[0] = '\0';
     if (grace > 0) {

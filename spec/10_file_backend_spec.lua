@@ -181,6 +181,29 @@ describe("file:// backend", function()
     a:stop()
   end)
 
+  it("waits no longer than its grace after its own release, whatever the record's time says", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local lease = dir .. "/" .. KEY_FILE .. ".lease"
+    local a = candidate(s, "a")
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    a:stop()
+    -- our own release, stamped in the far future (or at the very end of
+    -- the clock, where adding the grace overflowed)
+    for _, at in ipairs({ "9000000000000000000", "9223372036854775807" }) do
+      local text = assert(H.read(lease))
+      local n
+      text, n = text:gsub('"released_at":%-?%d+', '"released_at":' .. at)
+      assert.equal(1, n, text)
+      replace(lease, text)
+      local c, ev = candidate(s, "c")
+      c:run()
+      assert.truthy(wait_for(function() return c:is_leader() end, 1), at .. "\n" .. dump(ev))
+      c:stop()
+    end
+  end)
+
   it("tells a follower in another store of every leader and of vacancy", function()
     local dir = new_dir()
     local s1, s2 = assert(L.store("file://" .. dir)), assert(L.store("file://" .. dir))
