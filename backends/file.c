@@ -740,6 +740,17 @@ static void entry_acquire(file_entry *en)
         counted = 0;
     uint64_t term = ((r.exists && !r.garbage && r.term > counted) ? r.term : counted) + 1;
     record_free(&r);
+    if (term > (uint64_t)INT64_MAX) {
+        /* files hold JSON integers (int64): a larger term would be read back
+         * as garbage and the count would start again at 1 */
+        close(lock);
+        snprintf(err, sizeof err,
+                 "file store: the term of '%s' is at its largest (%lld); no higher one can be "
+                 "handed out (remove its .lease and .term files to start again)",
+                 en->key.lease_path, (long long)INT64_MAX);
+        entry_fail(en, err);
+        return;
+    }
     /* the term file first: no record ever shows a term it has not counted */
     int rc = term_write(fs, &en->key, term, err, sizeof err);
     if (rc == 0)
