@@ -279,7 +279,8 @@ static bool parse_lease(const redisReply *r, lease *out)
         return false;
     const char *s = r->str, *end = r->str + r->len;
     const char *nl = memchr(s, '\n', (size_t)(end - s));
-    if (!nl || nl == s || nl - s > 20)
+    /* INCR stops at 2^63 - 1 (19 digits); 20 digits may not fit 64 bits */
+    if (!nl || nl == s || nl - s > 19)
         return false;
     uint64_t term = 0;
     for (const char *p = s; p < nl; p++) {

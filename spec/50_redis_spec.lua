@@ -170,6 +170,21 @@ describe("redis store", function()
       a:stop(); s:close()
     end)
 
+    it("a lease whose term does not fit 64 bits is foreign, not a wrapped-around term", function()
+      local s = open_store(srv.url)
+      local key = new_key()
+      -- 2^64 + 1: the term would read as 1
+      srv:cli("SET", key, "18446744073709551617\nfeedfacefeedface\nusurper", "PX", "3000")
+      local log, record = recorder()
+      local b = candidate(s, key, "b", record)
+      b.retry = function() return 0.2 end
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b error") or find(log, "^b sees") end, 2))
+      assert.falsy(find(log, "^b sees"), table.concat(log, "\n"))
+      assert.truthy(find(log, "^b error .*not written by leadership"), table.concat(log, "\n"))
+      b:stop(); s:close()
+    end)
+
     it("a leader whose key expired finds out on renewal ('session')", function()
       local s = open_store(srv.url)
       local key = new_key()
