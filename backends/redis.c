@@ -252,14 +252,16 @@ static char *dup_printf(const char *fmt, const char *a, const char *b)
 /* The holder token of election e: random per process, fixed per election
  * object, so a campaign after a dropped connection recognises a lease that
  * a command on the old connection wrote after we gave up on it, and takes
- * it over instead of waiting out its ttl. */
-static void make_token(char out[17], const ls_election *e)
+ * it over instead of waiting out its ttl. From the election's serial, not
+ * its address: a new election at a freed one's address must not inherit
+ * its lease (and its term). */
+static void make_token(char out[17], ls_election *e)
 {
     static uint64_t base;
     if (!base && getrandom(&base, sizeof base, GRND_NONBLOCK) != sizeof base)
         base = (uint64_t)(ls_now() * 1e9) ^ (uint64_t)getpid() << 32;
     /* odd multiplier: distinct elections stay distinct tokens */
-    uint64_t r = base ^ ((uint64_t)(uintptr_t)e * 0x9e3779b97f4a7c15u);
+    uint64_t r = base ^ (ls_election_view(e)->serial * 0x9e3779b97f4a7c15u);
     snprintf(out, 17, "%016" PRIx64, r);
 }
 

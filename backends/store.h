@@ -97,6 +97,7 @@ struct ls_election_view {
     size_t value_len;
     double ttl; /* seconds */
     bool candidate;
+    uint64_t serial; /* this election object's number: never reused in a process */
     void *backend_data;
 };
 

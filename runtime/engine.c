@@ -107,6 +107,8 @@ ls_election *ls_election_new(ls_store *store, const char *key, const char *value
     e->view.key = e->key_copy;
     e->view.ttl = ttl;
     e->view.candidate = value != NULL;
+    static uint64_t elections_made;
+    e->view.serial = ++elections_made;
     if (value) {
         e->value_copy = malloc(len + 1);
         memcpy(e->value_copy, value, len);

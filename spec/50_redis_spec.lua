@@ -185,6 +185,26 @@ describe("redis store", function()
       b:stop(); s:close()
     end)
 
+    it("gives every election object its own holder token, even at a freed one's address", function()
+      local s = open_store(srv.url)
+      local key = new_key()
+      local seen = {}
+      for i = 1, 5 do
+        local c = candidate(s, key, "c" .. i, function() end)
+        c:run()
+        assert.truthy(loop_until(function() return c:is_leader() end, 2))
+        local token = srv:cli("GET", key):match("^%d+\n(%x+)\n")
+        assert.is_nil(seen[token], "token reused by election " .. i)
+        seen[token] = true
+        c:stop()
+        c = nil
+        collectgarbage()
+        collectgarbage()
+        L.run(0.3) -- the release, and the freed election
+      end
+      s:close()
+    end)
+
     it("a leader whose key expired finds out on renewal ('session')", function()
       local s = open_store(srv.url)
       local key = new_key()
