@@ -349,12 +349,13 @@ static json_t *json_read_fd(int fd, size_t flags, json_error_t *jerr)
     char *buf = malloc(cap);
     for (;;) {
         if (len == cap) {
-            if (cap >= RECORD_MAX) {
+            if (len > RECORD_MAX) {
                 snprintf(jerr->text, sizeof jerr->text, "larger than %d bytes", RECORD_MAX);
                 free(buf);
                 return NULL;
             }
-            cap *= 2;
+            /* one byte past the limit tells a file of RECORD_MAX from a larger one */
+            cap = cap * 2 > RECORD_MAX ? RECORD_MAX + 1 : cap * 2;
             buf = realloc(buf, cap);
         }
         ssize_t n = read(fd, buf + len, cap - len);
