@@ -117,6 +117,17 @@ describe("file:// backend", function()
     end
   end)
 
+  -- A new store directory whose key candidate "a" held once, then released.
+  local function led_once()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local a = candidate(s, "a")
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    a:stop()
+    return dir, s, dir .. "/" .. KEY_FILE .. ".lease"
+  end
+
   it("elects exactly one of two stores and hands over within 100 ms of stop", function()
     local dir = new_dir()
     local a, ea = candidate(assert(L.store("file://" .. dir)), "a")
@@ -182,13 +193,7 @@ describe("file:// backend", function()
   end)
 
   it("waits no longer than its grace after its own release, whatever the record's time says", function()
-    local dir = new_dir()
-    local s = assert(L.store("file://" .. dir))
-    local lease = dir .. "/" .. KEY_FILE .. ".lease"
-    local a = candidate(s, "a")
-    a:run()
-    assert.truthy(wait_for(function() return a:is_leader() end, 1))
-    a:stop()
+    local dir, s, lease = led_once()
     -- our own release, stamped in the far future (or at the very end of
     -- the clock, where adding the grace overflowed)
     for _, at in ipairs({ "9000000000000000000", "9223372036854775807" }) do
@@ -248,13 +253,7 @@ describe("file:// backend", function()
   end)
 
   it("reports a garbage record by file name, recovers, and never lowers the term", function()
-    local dir = new_dir()
-    local s = assert(L.store("file://" .. dir))
-    local lease = dir .. "/" .. KEY_FILE .. ".lease"
-    local a = candidate(s, "a")
-    a:run()
-    assert.truthy(wait_for(function() return a:is_leader() end, 1))
-    a:stop()
+    local dir, s, lease = led_once()
     local garbage = {
       '{"holder": "x-1", "term": 7, "val', -- truncated
       "",
