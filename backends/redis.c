@@ -169,6 +169,7 @@ struct rkey {
     double released_at;     /* when one of ours last released it as leader */
     char release_token[17]; /* owed: to send on reconnect, or "" (one per key; */
                             /* another such lease just expires) */
+    bool release_by_leader; /* the owed release gives up a leadership */
     bool subscribed;        /* SUBSCRIBE sent on the current subscriber connection */
     rkey *next;
 };
@@ -937,6 +938,16 @@ static void conn_fatal(rconn *c, const char *message)
 
 static void subscribe(rstore *st, rkey *k);
 
+/* One of ours just gave up k as leader (a resign): our candidates for k
+ * wait a moment, so the others, who hear of it by pub/sub, go first. */
+static void released_by_leader(rstore *st, rkey *k)
+{
+    k->released_at = ls_now();
+    for (relection *re = st->elections; re; re = re->next)
+        if (re->k == k && re->candidate && re->e)
+            re->not_before = k->released_at + min_d(re->ttl / 4, 0.2);
+}
+
 static void conn_ready(rconn *c)
 {
     rstore *st = c->st;
@@ -952,8 +963,11 @@ static void conn_ready(rconn *c)
     } else {
         /* owed releases first: they must run before any new acquire */
         for (rkey *k = st->keys; k; k = k->next) {
-            if (k->release_token[0] && send_release(st, k, k->release_token, false))
+            if (k->release_token[0] && send_release(st, k, k->release_token, false)) {
                 k->release_token[0] = '\0';
+                if (k->release_by_leader)
+                    released_by_leader(st, k);
+            }
         }
         each_election(st, NULL, step_cb, NULL);
     }
@@ -1231,6 +1245,7 @@ static void redis_cancel(ls_store *store, ls_election *e)
                 re->k->released_at = ls_now();
         } else {
             memcpy(re->k->release_token, re->token, sizeof re->token);
+            re->k->release_by_leader = re->leader;
         }
     }
     re->leader = false;
