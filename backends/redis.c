@@ -13,7 +13,8 @@
  * step, so a term is handed out exactly once per acquisition. Renew
  * (PEXPIRE) and release (DEL) run as scripts that first check that K still
  * holds our term and token. Scripts go by EVALSHA (their SHA1s come from
- * SCRIPT LOAD on each new connection) and fall back to EVAL on NOSCRIPT.
+ * SCRIPT LOAD on each new connection) and fall back to EVAL on NOSCRIPT;
+ * a release, sent once per leadership, always goes by EVAL.
  *
  * Expiry publishes nothing (keyspace notifications are off by default), so
  * waiting candidates and followers re-read when the lease they saw is due
@@ -565,8 +566,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     /* a cancelled acquire or renew is not retried: the release that
      * cancel sent after it must stay the last word */
     bool retry = r && r->type == REDIS_REPLY_ERROR && req->script >= 0 &&
-                 !strncmp(r->str, "NOSCRIPT", 8) && c && !st->closing &&
-                 (req->script == SCRIPT_RELEASE || (req->re && req->re->e));
+                 !strncmp(r->str, "NOSCRIPT", 8) && c && !st->closing && req->re && req->re->e;
     if (!(retry && retry_as_eval(req)))
         req->fn(req, r);
     if (req->holds_loop)
@@ -735,14 +735,16 @@ static void release_reply(rreq *req, redisReply *r)
         ls_log_event(LS_WARN, "redis release failed", "key", req->argv[3], "error", r->str, NULL);
 }
 
-/* Deletes k if token still holds it. True if sent. */
+/* Deletes k if token still holds it. True if sent. By EVAL, not EVALSHA:
+ * a release retried after NOSCRIPT would go behind requests sent since,
+ * such as our own next acquire (same token), and delete the new lease. */
 static bool send_release(rstore *st, rkey *k, const char *token, bool hold_loop)
 {
     const char *args[] = {k->key, token, k->channel};
     rreq *req = req_new(st, NULL, release_reply, 3 + 3);
     req->script = SCRIPT_RELEASE;
-    req_arg(req, 0, "EVALSHA", 7);
-    req_arg(req, 1, st->sha[SCRIPT_RELEASE], 40);
+    req_arg(req, 0, "EVAL", 4);
+    req_arg(req, 1, release_script, strlen(release_script));
     req_arg(req, 2, "1", 1);
     for (int i = 0; i < 3; i++)
         req_arg(req, 3 + i, args[i], strlen(args[i]));
