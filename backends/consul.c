@@ -241,6 +241,7 @@ static int parse_kv(const ls_http_response *res, kv_read *kv, char *err, size_t 
     json_t *lock_index = json_object_get(entry, "LockIndex");
     int rc = -1;
     if (!json_is_object(entry) || !json_is_integer(lock_index) ||
+        json_integer_value(lock_index) < 0 ||
         (session && !json_is_null(session) && !json_is_string(session)) ||
         (value && !json_is_null(value) && !json_is_string(value))) {
         snprintf(err, n, "unexpected answer to a key read: %.120s", res->body ? res->body : "");

@@ -205,6 +205,23 @@ describe("consul store (against the Consul double)", function()
       b:stop(); f:stop(); s:close()
     end)
 
+    it("a negative LockIndex from the server is refused, not taken as a term near 2^64", function()
+      local s = assert(L.store(srv.url, { lock_delay = 0 }))
+      local key = new_key()
+      local log, record = recorder()
+      -- an unlocked key whose LockIndex the next acquire turns into 2^64 - 3,
+      -- which the server's JSON carries as -3
+      assert.equal(200, (srv:http("PUT", "/v1/kv/" .. key)))
+      assert.equal(200, (srv:http("PUT", "/v1/double/lockindex?key=" .. key .. "&index=18446744073709551612")))
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return find(log, "^a error .*unexpected answer") end, 2),
+                    table.concat(log, "\n"))
+      assert.is_false(a:is_leader())
+      assert.falsy(find(log, "^a elected"), table.concat(log, "\n"))
+      a:stop(); s:close()
+    end)
+
     it("keeps leadership across several renewals (the double expires at exactly TTL)", function()
       local s = assert(L.store(srv.url, { lock_delay = 0 }))
       local key = new_key()

@@ -1210,6 +1210,25 @@ static void double_rewind(struct evhttp_request *req, const query *q)
     reply_json(req, 200, json_true());
 }
 
+/* PUT /v1/double/lockindex?key=K&index=N: sets K's LockIndex to N, as a
+ * broken or hostile server could report it. Consul's LockIndex is a uint64
+ * and this double writes it as a signed JSON integer, so N >= 2^63 shows
+ * up as a negative LockIndex: what a client must refuse. */
+static void double_lockindex(struct evhttp_request *req, const query *q)
+{
+    uint64_t to;
+    const char *key = query_get(q, "key");
+    kv_entry *e = key ? kv_find(key) : NULL;
+    if (!acl_allows(req, q, "operator:write", "lockindex"))
+        return;
+    if (!e || parse_u64(query_get(q, "index"), &to)) {
+        reply_error(req, 400, "want ?key=K&index=N for an existing key K");
+        return;
+    }
+    e->lock_index = to;
+    reply_json(req, 200, json_true());
+}
+
 /* ---- routing ---- */
 
 static bool method_is(struct evhttp_request *req, enum evhttp_cmd_type want)
@@ -1259,6 +1278,9 @@ static void route(struct evhttp_request *req, void *arg)
     } else if (!strcmp(path, "/v1/double/rewind")) {
         if (method_is(req, EVHTTP_REQ_PUT))
             double_rewind(req, &q);
+    } else if (!strcmp(path, "/v1/double/lockindex")) {
+        if (method_is(req, EVHTTP_REQ_PUT))
+            double_lockindex(req, &q);
     } else if (!strcmp(path, "/v1/status/leader")) {
         /* needs no token, as in Consul: the specs poll it for readiness */
         reply_json(req, 200, json_string("127.0.0.1:8300"));
