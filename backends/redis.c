@@ -940,6 +940,12 @@ static void conn_fatal(rconn *c, const char *message)
 
 static void subscribe(rstore *st, rkey *k);
 
+/* When re may acquire after one of ours released its key as leader. */
+static double after_release(const relection *re)
+{
+    return re->k->released_at + min_d(re->ttl / 4, 0.2);
+}
+
 /* One of ours just gave up k as leader (a resign): our candidates for k
  * wait a moment, so the others, who hear of it by pub/sub, go first. */
 static void released_by_leader(rstore *st, rkey *k)
@@ -947,7 +953,7 @@ static void released_by_leader(rstore *st, rkey *k)
     k->released_at = ls_now();
     for (relection *re = st->elections; re; re = re->next)
         if (re->k == k && re->candidate && re->e)
-            re->not_before = k->released_at + min_d(re->ttl / 4, 0.2);
+            re->not_before = after_release(re);
 }
 
 static void conn_ready(rconn *c)
@@ -1212,7 +1218,7 @@ static void attach(ls_store *store, ls_election *e)
     /* Right after we released the key (a resign), our own acquire would
      * beat the other candidates, who only hear of it by pub/sub. */
     if (re->candidate && re->k->released_at > 0)
-        re->not_before = re->k->released_at + min_d(re->ttl / 4, 0.2);
+        re->not_before = after_release(re);
     re->timer = evtimer_new(ls_loop_base(), election_timer_cb, re);
     re->next = st->elections;
     if (re->next)
