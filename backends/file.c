@@ -17,8 +17,10 @@
  * Nobody polls. inotify on <dir> reports record replacements (IN_MOVED_TO)
  * and on <dir>/holders a holder's last close (IN_CLOSE_WRITE, also when the
  * kernel closes a killed process's files); checkers open holder files
- * read-only, so their own closes raise nothing. A timer at the current
- * lease's expiry covers a hung holder.
+ * read-only, so their own closes raise nothing. The kernel raises that
+ * event just before it drops the dead process's lock, so a holder that
+ * still looks alive right after it is checked again, a few times over half
+ * a second. A timer at the current lease's expiry covers a hung holder.
  *
  * Writers (acquire, renew, release) take <name>.mutex with a non-blocking
  * flock and retry on a short timer, never blocking the loop: the process
@@ -52,6 +54,9 @@
 /* A holder that released a key (resign) lets it lie this long before it
  * takes it again, so the other candidates hear of the vacancy first. */
 #define RESIGN_GRACE_NS 100000000LL
+/* After a holder file's close event: first re-check, doubling up to the last. */
+#define CLOSE_RECHECK_FIRST 0.001
+#define CLOSE_RECHECK_LAST 0.256
 #define MUTEX_BUSY (-2)
 
 typedef struct file_store file_store;
@@ -97,6 +102,7 @@ struct file_entry {
     double renew_at;                 /* monotonic seconds, while holding */
     double busy_since;               /* when the key mutex was first found busy, or 0 */
     char seen_holder[HOLDER_ID_MAX]; /* holder of the last valid lease read */
+    double close_recheck;            /* seconds to the next re-check of it, or 0 */
     struct event *wake;              /* at the seen lease's expiry, or a mutex retry */
     unsigned refs;                   /* the election's link + reports in flight */
     file_entry *next;
@@ -694,11 +700,21 @@ static void entry_busy(file_entry *en)
 }
 
 /* A valid lease of someone else: report it, and wake at its expiry in case
- * its holder hangs. */
+ * its holder hangs, or sooner while its holder file has just closed. */
 static void entry_sees_leader(file_entry *en, const lease_record *r, long long now)
 {
+    double to_expiry = (double)(r->expiry_ns - now) / 1e9 + 0.001;
+    if (strcmp(en->seen_holder, r->holder))
+        en->close_recheck = 0;
     snprintf(en->seen_holder, sizeof en->seen_holder, "%s", r->holder);
-    arm(en->wake, (double)(r->expiry_ns - now) / 1e9 + 0.001);
+    if (en->close_recheck > 0 && en->close_recheck <= CLOSE_RECHECK_LAST &&
+        en->close_recheck < to_expiry) {
+        arm(en->wake, en->close_recheck);
+        en->close_recheck *= 2;
+    } else {
+        en->close_recheck = 0;
+        arm(en->wake, to_expiry);
+    }
     entry_report_leader(en, r);
 }
 
@@ -764,6 +780,7 @@ static void entry_acquire(file_entry *en)
     }
     evtimer_del(en->wake);
     en->seen_holder[0] = '\0';
+    en->close_recheck = 0;
     en->garbage_reported = false; /* the record is ours and sound now */
     en->holding = true;
     en->term = term;
@@ -832,6 +849,7 @@ static void entry_check(file_entry *en)
     }
     record_free(&r);
     en->seen_holder[0] = '\0';
+    en->close_recheck = 0;
     if (grace > 0) {
         arm(en->wake, (double)grace / 1e9);
         entry_report_leader(en, NULL);
@@ -961,8 +979,10 @@ static void mark_lease(file_store *fs, const char *name)
 static void mark_holder(file_store *fs, const char *id)
 {
     for (file_entry *en = fs->entries; en; en = en->next)
-        if (en->seen_holder[0] && !strcmp(en->seen_holder, id))
+        if (en->seen_holder[0] && !strcmp(en->seen_holder, id)) {
             en->dirty = true;
+            en->close_recheck = CLOSE_RECHECK_FIRST;
+        }
 }
 
 static void inotify_cb(evutil_socket_t fd, short what, void *arg)

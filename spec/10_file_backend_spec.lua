@@ -394,6 +394,36 @@ describe("file:// backend", function()
     b:stop()
   end)
 
+  -- The kernel raises a dead holder's close event just before it drops the
+  -- lock, so the check it wakes may still find the lock held. Played here
+  -- by a holder whose lock is on a read-only descriptor (its death raises
+  -- no event) and a write-close of its file by the spec while it lives.
+  it("checks again when a holder file closes while its lock is still held", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local path = dir .. "/holders/other-2"
+    H.write(path, "")
+    local holder = H.spawn({ "sh", "-c", 'exec 3<"$1" && flock -x 3 && exec sleep 30', "sh", path })
+    children[#children + 1] = holder
+    assert(H.wait_until(function()
+      return H.sh("flock -n -s " .. H.quote(path) .. " true || echo held") ~= ""
+    end, 5, 0.01), "the fake holder never locked its file")
+    replace(dir .. "/" .. KEY_FILE .. ".lease", record_text("other-2", 4, "other", mono_ns(60)))
+    local b, eb = candidate(s, "b")
+    b:run()
+    assert.truthy(wait_for(function() return find(eb, "leader", "other") end, 1), dump(eb))
+    assert(io.open(path, "r+")):close() -- the close event, lock still held
+    L.sleep(0.02)
+    assert.is_false(b:is_leader())
+    local t0 = L.now()
+    H.signal(holder, "KILL") -- the lock goes, with no event
+    assert.truthy(wait_for(function() return find(eb, "elected") end, 2), dump(eb))
+    local took = find(eb, "elected").at - t0
+    assert.truthy(took < 1, ("takeover took %.3f s"):format(took))
+    assert.equal(5, b:term())
+    b:stop()
+  end)
+
   it("loses a lease taken behind its back, and sees the new holder", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
