@@ -14,7 +14,8 @@
  * (PEXPIRE) and release (DEL) run as scripts that first check that K still
  * holds our term and token. Scripts go by EVALSHA (their SHA1s come from
  * SCRIPT LOAD on each new connection) and fall back to EVAL on NOSCRIPT;
- * a release, sent once per leadership, always goes by EVAL.
+ * a release, sent once per leadership, always goes by EVAL and is not
+ * loaded.
  *
  * Expiry publishes nothing (keyspace notifications are off by default), so
  * waiting candidates and followers re-read when the lease they saw is due
@@ -1078,6 +1079,8 @@ static void connected(redisAsyncContext *ac, rconn *c, int status)
             handshake_send(c, req);
         }
         for (int i = 0; i < NSCRIPTS; i++) {
+            if (i == SCRIPT_RELEASE)
+                continue; /* always sent by EVAL */
             rreq *req = req_new(st, NULL, handshake_reply, 3);
             req->load = i;
             req_arg(req, 0, "SCRIPT", 6);
