@@ -19,16 +19,18 @@
  *
  * The session is the leadership. A leader's holding is valid from the send
  * time of the last request the server answered: a sync every third of the
- * session timeout (a sync, because it goes through the quorum leader: a
- * server cut off from the quorum cannot answer it from a stale view, as
- * it could a read). So a leader that stops hearing from ZooKeeper steps
- * down at its local deadline, before the server can expire the session and
- * let another candidate in. On expiry every election loses, a new session is
+ * session timeout, or more often for a short renew_deadline (a sync,
+ * because it goes through the quorum leader: a server cut off from the
+ * quorum cannot answer it from a stale view, as it could a read). So a
+ * leader that stops hearing from ZooKeeper steps down at its local
+ * deadline, before the server can expire the session and let another
+ * candidate in. On expiry every election loses, a new session is
  * made and the candidates join again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <event2/event.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,13 +128,14 @@ struct zk_elec {
     bool parents_made;
     bool holding_loop;
     double ttl;
-    char *dir;           /* "/service/swarm/leader" */
-    char prefix[64];     /* "_c_<uuid>-" */
-    char *node;          /* our child's name once known */
-    uint64_t czxid;      /* our node's: the term while we lead */
-    struct event *timer; /* gives up waiting for a session; reports a deferred
-                            failure; bounds the loop hold while cleaning up */
-    char *failure;       /* reported when the timer fires */
+    double renew_deadline; /* the engine's, for this election */
+    char *dir;             /* "/service/swarm/leader" */
+    char prefix[64];       /* "_c_<uuid>-" */
+    char *node;            /* our child's name once known */
+    uint64_t czxid;        /* our node's: the term while we lead */
+    struct event *timer;   /* gives up waiting for a session; reports a deferred
+                              failure; bounds the loop hold while cleaning up */
+    char *failure;         /* reported when the timer fires */
 };
 
 struct zk_store {
@@ -155,6 +158,7 @@ struct zk_store {
     uint64_t next_id;
     zk_elec *elecs;
     struct event *ping_timer;
+    double ping_at; /* when ping_timer fires, while pending */
     struct ACL acl_entries[2];
     struct ACL_vector acl;
 
@@ -483,16 +487,23 @@ static const char *utf8_problem(const unsigned char *p, int len)
     return NULL;
 }
 
-/* Valid-from as the engine's deadline needs it. The engine steps down at
- * valid_from + 2/3 ttl; the session really lasts the negotiated timeout,
- * which the server may have cut below the ttl: shift so the deadline lands
- * at sent_at + 2/3 of what was granted. */
-static double valid_from(const zk_elec *el, double sent_at)
+/* How long an answer proves el's holding: the engine's renew_deadline,
+ * which is meant against a session of ttl seconds. The server may have
+ * granted a shorter one: scale it down alike, so the deadline always falls
+ * inside the session whatever renew_deadline is. */
+static double valid_window(const zk_elec *el)
 {
     double granted = el->store->negotiated;
     if (granted > 0 && granted < el->ttl)
-        return sent_at - (el->ttl - granted) * 2.0 / 3.0;
-    return sent_at;
+        return el->renew_deadline * granted / el->ttl;
+    return el->renew_deadline;
+}
+
+/* Valid-from as the engine's deadline needs it: the engine steps down at
+ * valid_from + renew_deadline, which must be sent_at + valid_window. */
+static double valid_from(const zk_elec *el, double sent_at)
+{
+    return sent_at - (el->renew_deadline - valid_window(el));
 }
 
 /* ---- the session ---- */
@@ -1235,36 +1246,45 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 /* ---- renewal: one sync per session, whatever the number of leaders ---- */
 
-static bool any_leader(zk_store *s, double *shortest_ttl)
+/* False if no election leads. Else the period of the sync: a third of the
+ * session (or ttl, if shorter), and at most half of every leader's valid
+ * window, so every leader sends two syncs within it (the two bounds agree
+ * at the default renew_deadline). */
+static bool ping_period(zk_store *s, double *period)
 {
     bool found = false;
     for (zk_elec *el = s->elecs; el; el = el->next) {
-        if (el->e && el->leader) {
-            if (!found || el->ttl < *shortest_ttl)
-                *shortest_ttl = el->ttl;
-            found = true;
-        }
+        if (!el->e || !el->leader)
+            continue;
+        double span = s->negotiated < el->ttl ? s->negotiated : el->ttl;
+        double p = fmin(span / 3, valid_window(el) / 2);
+        if (!found || p < *period)
+            *period = p;
+        found = true;
     }
     return found;
 }
 
 static void ping_schedule(zk_store *s)
 {
-    double ttl = 0;
-    if (!s->connected || !any_leader(s, &ttl)) {
+    double period = 0;
+    if (!s->connected || !ping_period(s, &period)) {
         evtimer_del(s->ping_timer);
         return;
     }
-    double period = s->negotiated < ttl ? s->negotiated : ttl;
-    if (!evtimer_pending(s->ping_timer, NULL))
-        timer_arm(s->ping_timer, period / 3);
+    /* a new leader may need it sooner than it is due */
+    double now = ls_now();
+    if (!evtimer_pending(s->ping_timer, NULL) || now + period < s->ping_at) {
+        s->ping_at = now + period;
+        timer_arm(s->ping_timer, period);
+    }
 }
 
 static void on_ping_timer(evutil_socket_t fd, short what, void *arg)
 {
     zk_store *s = arg;
-    double ttl = 0;
-    if (!s->connected || !any_leader(s, &ttl))
+    double period = 0;
+    if (!s->connected || !ping_period(s, &period))
         return;
     if (!s->ping_out) {
         /* a sync goes through the quorum leader: a server cut off from the
@@ -1387,6 +1407,7 @@ static zk_elec *elec_new(zk_store *s, ls_election *e)
     el->refs = 1;
     el->candidate = v->candidate;
     el->ttl = v->ttl;
+    el->renew_deadline = v->renew_deadline;
     el->timer = evtimer_new(ls_loop_base(), on_elec_timer, el);
     const char *key = v->key;
     while (*key == '/')

@@ -282,6 +282,27 @@ describe("zookeeper store", function()
       a:stop()
     end)
 
+    it("keeps its deadline inside the granted session, whatever renew_deadline is", function()
+      -- one session for both, asked for 30 s, granted 20 s: each window is
+      -- renew_deadline scaled by 20/ttl
+      local s = assert(L.store(zk.url))
+      local log, record = recorder()
+      local long = Rec.candidate(s, new_key(), "long", record, { ttl = 30, renew_deadline = 29 })
+      local short = Rec.candidate(s, new_key(), "short", record, { ttl = 60, renew_deadline = 6 })
+      finally(function() long:stop(); short:stop(); long, short = nil, nil end)
+      long:run()
+      assert.truthy(loop_until(function() return long:is_leader() end, 5), table.concat(log, "\n"))
+      local left = long:deadline() - L.now()
+      assert.is_true(left <= 20 * 29 / 30 + 0.1 and left > 12, ("deadline %.2f s away"):format(left))
+      -- a 2 s window: synced often enough to keep it, though long's syncs
+      -- were due only every 6.7 s
+      short:run()
+      assert.truthy(loop_until(function() return short:is_leader() end, 5), table.concat(log, "\n"))
+      L.sleep(3)
+      assert.is_true(short:is_leader())
+      assert.is_nil(find(log, " lost "), table.concat(log, "\n"))
+    end)
+
     it("steps down at its deadline when the server stops answering, leads again after", function()
       local s = assert(L.store(zk.url))
       local key = new_key()
