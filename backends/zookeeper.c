@@ -222,10 +222,10 @@ static void on_data(int rc, const char *value, int len, const struct Stat *stat,
     if (rc == ZOK) {
         if (stat)
             m->stat = *stat;
+        m->len = len; /* -1: a node with no data at all, 0: the empty string */
         if (value && len > 0) {
             m->data = malloc((size_t)len);
             memcpy(m->data, value, (size_t)len);
-            m->len = len;
         }
     }
     deliver(m);
@@ -452,8 +452,8 @@ static long long child_seq(const char *name)
 
 static const char *utf8_problem(const unsigned char *p, int len)
 {
-    if (len <= 0)
-        return "it is empty";
+    if (len < 0)
+        return "it has no data";
     if (len > ZK_MAX_VALUE)
         return "it is larger than 1 MiB";
     for (int i = 0; i < len;) {
@@ -756,12 +756,16 @@ static void report_value(zk_elec *el, const zk_msg *m)
 {
     const char *problem = utf8_problem((const unsigned char *)m->data, m->len);
     if (problem) {
+        /* whoever led before does not any more: unknown, not them */
+        ls_election_leader(el->e, NULL, 0, 0);
+        if (!el->e)
+            return;
         char message[600];
         snprintf(message, sizeof message, "ignoring leader node %s: %s", m->path, problem);
         ls_election_error(el->e, message);
         return;
     }
-    ls_election_leader(el->e, m->data, (size_t)m->len, (uint64_t)m->stat.czxid);
+    ls_election_leader(el->e, m->data ? m->data : "", (size_t)m->len, (uint64_t)m->stat.czxid);
 }
 
 static void on_checked(zk_elec *el, zk_msg *m)

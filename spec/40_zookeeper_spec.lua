@@ -223,15 +223,48 @@ describe("zookeeper store", function()
       assert.is_nil(f:leader())
       bad:stop()
       f:stop()
-      -- empty: a node with no data, made with zkCli
+      -- no data at all (not even ""): a node made with zkCli
       local key2 = ("zkspec-empty-%d"):format(math.random(1e9))
       zk:cli({ "create /" .. key2, "create -s /" .. key2 .. "/x-" })
       local g = follower(assert(L.store(zk.url)), key2, "g", record)
       g:run()
-      assert.truthy(loop_until(function() return find(log, "^g error .*empty") end, 5), table.concat(log, "\n"))
+      assert.truthy(loop_until(function() return find(log, "^g error .*it has no data") end, 5), table.concat(log, "\n"))
       assert.is_nil(g:leader())
       g:stop()
       zk:cli({ "deleteall /" .. key2 })
+    end)
+
+    it("names a leader whose value is empty, and no stale one when a value is not text", function()
+      local core = require "leadership.core"
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(assert(L.store(zk.url)), key, "a", record)
+      local empty = L.candidate(assert(L.store(zk.url)), key, "", { ttl = 3 })
+      local bad = core.candidate(assert(L.store(zk.url)), key, "\xff\xfe", { ttl = 3 })
+      local f = follower(assert(L.store(zk.url)), key, "f", record)
+      finally(function()
+        a:stop(); empty:stop(); bad:stop(); f:stop()
+        a, empty, bad, f = nil, nil, nil, nil
+      end)
+      empty.on_leader_change = function(_, leader) record("empty", "sees", leader) end
+      bad.on_leader_change = function(_, leader) record("bad", "sees", leader) end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      -- queued in this order: a, empty, bad
+      empty:run()
+      assert.truthy(loop_until(function() return find(log, "^empty sees a$") end, 5), table.concat(log, "\n"))
+      bad:run()
+      assert.truthy(loop_until(function() return find(log, "^bad sees a$") end, 5), table.concat(log, "\n"))
+      f:run()
+      assert.truthy(loop_until(function() return f:leader() == "a" end, 5), table.concat(log, "\n"))
+      a:stop()
+      assert.truthy(loop_until(function() return empty:is_leader() and f:leader() == "" end, 5),
+        table.concat(log, "\n"))
+      assert.equal(empty:term(), select(2, f:leader()))
+      empty:stop()
+      assert.truthy(loop_until(function() return bad:is_leader() and f:leader() == nil end, 5),
+        table.concat(log, "\n"))
+      assert.truthy(find(log, "^f error .*not UTF%-8"), table.concat(log, "\n"))
     end)
 
     it("refuses a value larger than a node holds, as an error", function()
