@@ -516,8 +516,10 @@ static int conn_open(zk_store *s, char *err, size_t errlen)
     c->requests.next = c->requests.prev = &c->requests;
     c->zh = zookeeper_init2(s->hosts, on_session_event, s->session_ms, NULL, c, 0, on_client_log);
     if (!c->zh) {
-        snprintf(err, errlen, "cannot start a ZooKeeper client for '%s': %s",
-                 s->owner->config.redacted, strerror(errno));
+        /* the chroot was checked at open: the hosts are what it refused */
+        snprintf(err, errlen,
+                 "cannot start a ZooKeeper client: cannot resolve or parse hosts '%.*s'",
+                 (int)strcspn(s->hosts, "/"), s->hosts);
         free(c);
         return -1;
     }
@@ -1323,6 +1325,26 @@ static void on_elec_timer(evutil_socket_t fd, short what, void *arg)
     elec_unref(el);
 }
 
+/* Why the client would refuse `path` (from the URL: it starts with '/') as
+ * a chroot, or NULL. */
+static const char *chroot_problem(const char *path)
+{
+    if (path[strlen(path) - 1] == '/')
+        return "it ends with '/'";
+    for (const char *p = path; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return "it holds a control character";
+        if (*p != '/')
+            continue;
+        size_t n = strcspn(p + 1, "/");
+        if (n == 0)
+            return "it has an empty component";
+        if ((n == 1 && p[1] == '.') || (n == 2 && p[1] == '.' && p[2] == '.'))
+            return "it has a '.' or '..' component";
+    }
+    return NULL;
+}
+
 static int zk_open(ls_store *store, const ls_store_config *cfg, char *err, size_t errlen)
 {
     if (ls_config_check(cfg, zk_options, err, errlen) < 0)
@@ -1344,15 +1366,32 @@ static int zk_open(ls_store *store, const ls_store_config *cfg, char *err, size_
     double session = 0;
     if (ls_config_seconds(cfg, "session_timeout", &session, err, errlen) < 0)
         return -1;
+    const char *session_text = ls_config_get(cfg, "session_timeout");
+    if (session_text && !(session > 0 && session <= 3600)) {
+        /* 0 would read as "not set", and more than ~24 days overflows the
+         * client's int of milliseconds */
+        snprintf(err, errlen,
+                 "zk store option 'session_timeout' must be in (0, 3600] seconds, got '%s'",
+                 session_text);
+        return -1;
+    }
     if (cfg->nhosts == 0) {
         snprintf(err, errlen, "zk store '%s' names no host", cfg->redacted);
+        return -1;
+    }
+    bool chroot = cfg->path && strcmp(cfg->path, "") && strcmp(cfg->path, "/");
+    const char *bad_chroot = chroot ? chroot_problem(cfg->path) : NULL;
+    if (bad_chroot) {
+        /* the client would refuse it on every connect, as "Invalid argument" */
+        snprintf(err, errlen, "zk store '%s': chroot '%s' is not a ZooKeeper path: %s",
+                 cfg->redacted, cfg->path, bad_chroot);
         return -1;
     }
 
     zk_store *s = calloc(1, sizeof *s);
     s->owner = store;
     s->timeout = cfg->timeout;
-    s->option_ms = (int)(session * 1000);
+    s->option_ms = (int)ceil(session * 1000);
     size_t len = 1;
     for (size_t i = 0; i < cfg->nhosts; i++)
         len += strlen(cfg->hosts[i]) + 1;
@@ -1364,7 +1403,7 @@ static int zk_open(ls_store *store, const ls_store_config *cfg, char *err, size_
             strcat(s->hosts, ",");
         strcat(s->hosts, cfg->hosts[i]);
     }
-    if (cfg->path && strcmp(cfg->path, "") && strcmp(cfg->path, "/"))
+    if (chroot)
         strcat(s->hosts, cfg->path); /* the client's chroot suffix */
     if (scheme) {
         s->auth_scheme = strdup(scheme);

@@ -41,6 +41,31 @@ describe("zookeeper store", function()
       assert.matches("user:password", err)
     end)
 
+    it("refuses a session_timeout outside (0, 3600] s", function()
+      for _, v in ipairs { "inf", "1e10", "0", "0ms", "3601" } do
+        local s, err = L.store(zk.url, { session_timeout = v })
+        assert.is_nil(s, v)
+        assert.equal("zk store option 'session_timeout' must be in (0, 3600] seconds, got '" .. v .. "'", err)
+      end
+      assert.truthy(L.store(zk.url, { session_timeout = "3600" }))
+    end)
+
+    it("refuses a chroot ZooKeeper would refuse; names hosts it cannot resolve", function()
+      for _, path in ipairs { "/chroot/", "/a/../b", "//", "/a//b", "/a/." } do
+        local s, err = L.store(zk.url .. path)
+        assert.is_nil(s, path)
+        assert.matches("chroot '" .. path:gsub("%p", "%%%0") .. "' is not a ZooKeeper path", err)
+      end
+      assert.truthy(L.store(zk.url .. "/a/b.c"))
+      local log, record = recorder()
+      local c = candidate(assert(L.store("zk://no-such-host.invalid:2181")), new_key(), "c", record)
+      c.retry = function() return nil end
+      c:run()
+      assert.truthy(loop_until(function() return find(log, "^c error") end, 5), table.concat(log, "\n"))
+      assert.matches("cannot resolve or parse hosts 'no%-such%-host%.invalid:2181'", log[1])
+      c:stop()
+    end)
+
     it("elects one; a waiter and a follower see it; term is the node's czxid", function()
       local s1, s2 = assert(L.store(zk.url)), assert(L.store(zk.url))
       local key = new_key()
