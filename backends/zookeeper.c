@@ -851,6 +851,8 @@ static void on_found(zk_elec *el, zk_msg *m)
             found = m->children[i];
     }
     if (!el->e) { /* cleaning up */
+        if (el->node)
+            return; /* found by the listing sent before the cancel: its delete is out */
         if (found) {
             el->node = strdup(found);
             send_delete(el);
@@ -866,6 +868,7 @@ static void on_found(zk_elec *el, zk_msg *m)
         start_create(el);
         return;
     }
+    free(el->node); /* a redone step may have found it already */
     el->node = strdup(found);
     char *path = child_path(el->dir, found);
     zk_msg *st = req_new(s, el, OP_FIND_STAT, path);

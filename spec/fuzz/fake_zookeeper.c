@@ -60,8 +60,9 @@ static unsigned fake_handles;
 static zhandle_t *fake_current; /* the newest handle: session events go to it */
 static long long fake_seq;
 /* The names (last path component) of the sequential nodes made so far in
- * this input: a child list may name them as "$0", "$1", ... since their
- * names hold a random uuid the input cannot know. */
+ * this input, whatever the create's outcome: a child list may name them as
+ * "$0", "$1", ... since their names hold a random uuid the input cannot
+ * know. */
 static char fake_made[8][128];
 static unsigned fake_nmade;
 
@@ -286,7 +287,9 @@ static void fake_complete(fake_op *op, int rc, long long czxid, const char *payl
         /* the sequential node the server made: the path and a 10-digit suffix */
         char *made = malloc(strlen(op->path) + 16);
         sprintf(made, "%s%010lld", op->path, (fake_seq++ % 10000000000LL));
-        if (rc == ZOK && fake_nmade < 8) {
+        /* a create that failed (connection loss) may have been made
+         * anyway: the backend then looks for it among the children */
+        if (fake_nmade < 8) {
             const char *slash = strrchr(made, '/');
             snprintf(fake_made[fake_nmade++], sizeof fake_made[0], "%s", slash ? slash + 1 : made);
         }
