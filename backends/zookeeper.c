@@ -222,7 +222,7 @@ static void on_data(int rc, const char *value, int len, const struct Stat *stat,
     if (rc == ZOK) {
         if (stat)
             m->stat = *stat;
-        m->len = len; /* -1: a node with no data at all, 0: the empty string */
+        m->len = value ? len : -1; /* -1: a node with no data at all, 0: "" */
         if (value && len > 0) {
             m->data = malloc((size_t)len);
             memcpy(m->data, value, (size_t)len);
