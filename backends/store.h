@@ -96,6 +96,9 @@ struct ls_election_view {
     const char *value; /* candidates: the value to store; followers: NULL */
     size_t value_len;
     double ttl; /* seconds */
+    /* seconds a holding stays valid from its valid_from (below 'ttl'):
+     * a backend whose lease runs shorter than ttl must shift valid_from */
+    double renew_deadline;
     bool candidate;
     uint64_t serial; /* this election object's number: never reused in a process */
     void *backend_data;

@@ -16,7 +16,6 @@ struct ls_election {
     struct ls_election_view view; /* what the backend sees; first member */
     char *key_copy;
     char *value_copy;
-    double renew_deadline;
     ls_state state;
     uint64_t term;
     double deadline;     /* monotonic; meaningful while LEADER */
@@ -116,7 +115,7 @@ ls_election *ls_election_new(ls_store *store, const char *key, const char *value
         e->view.value = e->value_copy;
         e->view.value_len = len;
     }
-    e->renew_deadline = renew_deadline > 0 ? renew_deadline : ttl * 2 / 3;
+    e->view.renew_deadline = renew_deadline > 0 ? renew_deadline : ttl * 2 / 3;
     e->hooks = hooks;
     e->owner = owner;
     e->timer = evtimer_new(ls_loop_base(), election_timer_cb, e);
@@ -191,12 +190,14 @@ static void step_down(ls_election *e, const char *reason)
 static void back_off(ls_election *e, const char *message)
 {
     e->attempt++;
-    double delay = e->hooks->retry_delay(e->owner, e->attempt, message);
-    if (e->state == LS_STOPPED)
-        return; /* the retry function stopped us */
+    char why[400] = "";
+    double delay = e->hooks->retry_delay(e->owner, e->attempt, message, why, sizeof why);
+    if (e->state != LS_IDLE)
+        return; /* the retry function stopped us, or ran us again */
     if (delay < 0) {
-        char final[600];
-        snprintf(final, sizeof final, "gave up after %d attempts: %s", e->attempt, message);
+        char final[1100];
+        snprintf(final, sizeof final, "gave up after %d attempt%s: %s%s%s%s", e->attempt,
+                 e->attempt == 1 ? "" : "s", message, why[0] ? " (" : "", why, why[0] ? ")" : "");
         ls_log_event(LS_ERROR, "gave up", "key", e->view.key, "error", message, NULL);
         e->hooks->error(e->owner, final);
         if (e->state != LS_STOPPED) {
@@ -228,9 +229,11 @@ static bool deadline_passed(ls_election *e)
 static void election_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     ls_election *e = arg;
-    if (e->state == LS_LEADER)
-        deadline_passed(e);
-    else if (e->state == LS_BACKOFF)
+    if (e->state == LS_LEADER) {
+        /* libevent's clock is not ours to the nanosecond: early, wait on */
+        if (!deadline_passed(e))
+            arm_timer(e, e->deadline - ls_now());
+    } else if (e->state == LS_BACKOFF)
         start_backend(e);
 }
 
@@ -335,7 +338,7 @@ void ls_election_acquired(ls_election *e, uint64_t term, double valid_from)
 {
     if (e->state != LS_CAMPAIGNING)
         return;
-    double deadline = valid_from + e->renew_deadline;
+    double deadline = valid_from + e->view.renew_deadline;
     if (ls_now() >= deadline) {
         /* proven too late to act on: a pause between send and now */
         ls_log_event(LS_WARN, "acquired past deadline", "key", e->view.key, NULL);
@@ -365,7 +368,7 @@ void ls_election_renewed(ls_election *e, double valid_from)
         return;
     record_renewal(e, valid_from);
     e->counters.last_ok = ls_now();
-    double deadline = valid_from + e->renew_deadline;
+    double deadline = valid_from + e->view.renew_deadline;
     if (deadline > e->deadline) {
         e->deadline = deadline;
         arm_timer(e, deadline - ls_now());
@@ -390,6 +393,7 @@ void ls_election_leader(ls_election *e, const char *value, size_t len, uint64_t 
     if (deadline_passed(e))
         return;
     e->counters.last_ok = ls_now();
+    e->attempt = 0; /* the store answers: failures count from here */
     if (e->state == LS_LEADER && value && term != e->term) {
         /* the store names another leader: ours is gone */
         ls_election_lost(e, "deleted");

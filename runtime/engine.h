@@ -22,8 +22,9 @@ typedef struct ls_election_hooks {
     /* value NULL: vacant */
     void (*leader_change)(void *owner, const char *value, size_t len, uint64_t term);
     void (*error)(void *owner, const char *message);
-    /* Seconds to wait before attempt `attempt` (1, 2, ...); < 0 gives up. */
-    double (*retry_delay)(void *owner, int attempt, const char *message);
+    /* Seconds to wait before attempt `attempt` (1, 2, ...); < 0 gives up,
+     * with why[] saying why if not by plain choice (the policy failed). */
+    double (*retry_delay)(void *owner, int attempt, const char *message, char *why, size_t whylen);
     /* Stopped for good (stop, or gave up): no more hooks after this. */
     void (*stopped)(void *owner);
     /* Optional (may be NULL): a renewal moved the local deadline to

@@ -4,6 +4,10 @@
 #include <time.h>
 
 static struct event_base *loop_base;
+/* A zero timeout whose events run in the order they were added (libevent
+ * keeps a queue per common timeout; equal times in its heap come out in any
+ * order). */
+static const struct timeval *loop_ready;
 static unsigned loop_hold_count;
 static int loop_depth;
 static bool loop_break_requested;
@@ -15,10 +19,22 @@ struct event_base *ls_loop_base(void)
         /* Timers must follow the monotonic clock, so a wall-clock jump
          * cannot stretch or shrink a deadline. */
         event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        /* ... and count from the moment they are armed, not from when the
+         * loop last woke: armed late in a long callback, a deadline timer
+         * would fire early by the callback's length. */
+        event_config_set_flag(cfg, EVENT_BASE_FLAG_NO_CACHE_TIME);
         loop_base = event_base_new_with_config(cfg);
         event_config_free(cfg);
+        struct timeval zero = {0, 0};
+        loop_ready = event_base_init_common_timeout(loop_base, &zero);
     }
     return loop_base;
+}
+
+const struct timeval *ls_loop_ready_timeout(void)
+{
+    ls_loop_base();
+    return loop_ready;
 }
 
 double ls_now(void)
@@ -40,6 +56,7 @@ void ls_loop_free(void)
     if (loop_base) {
         event_base_free(loop_base);
         loop_base = NULL;
+        loop_ready = NULL;
     }
 }
 

@@ -5,9 +5,14 @@
 #include <stdbool.h>
 
 struct event_base;
+struct timeval;
 
 /* The loop, created on first use. */
 struct event_base *ls_loop_base(void);
+
+/* For evtimer_add: run as soon as possible, after everything made ready
+ * this way before (first in, first out). */
+const struct timeval *ls_loop_ready_timeout(void);
 
 /* Frees the loop once nothing uses it any more (the module unloading). */
 void ls_loop_free(void);

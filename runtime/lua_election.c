@@ -128,7 +128,8 @@ static double default_retry(int attempt)
     return delay * (0.8 + 0.4 * ((double)rand() / RAND_MAX));
 }
 
-static double hook_retry_delay(void *owner, int attempt, const char *message)
+static double hook_retry_delay(void *owner, int attempt, const char *message, char *why,
+                               size_t whylen)
 {
     lua_election *le = owner;
     lua_State *S = ls_lua_scratch();
@@ -147,16 +148,21 @@ static double hook_retry_delay(void *owner, int attempt, const char *message)
     ls_lua_push_traceback_handler(S);
     lua_insert(S, -4);
     double delay = -1;
-    if (lua_pcall(S, 2, 1, -4) != LUA_OK) {
-        ls_log(LS_ERROR, "retry function raised (giving up): %s", lua_tostring(S, -1));
+    if (ls_task_pcall(S, 2, 1, -4, "retry") != LUA_OK) {
+        snprintf(why, whylen, "retry function raised: %s", lua_tostring(S, -1));
     } else if (lua_isnumber(S, -1)) {
         delay = lua_tonumber(S, -1);
-        if (!(delay >= 0 && delay < 1e9))
+        if (!(delay >= 0 && delay < 1e9)) {
+            snprintf(why, whylen, "retry function returned %s, not seconds in [0, 1e9) or nil",
+                     lua_tostring(S, -1));
             delay = -1;
+        }
     } else if (!lua_isnil(S, -1)) {
-        ls_log(LS_ERROR, "retry function returned a %s, not seconds or nil (giving up)",
-               luaL_typename(S, -1));
+        snprintf(why, whylen, "retry function returned a %s, not seconds or nil",
+                 luaL_typename(S, -1));
     }
+    if (why[0])
+        ls_log(LS_ERROR, "%s (giving up)", why);
     lua_settop(S, top);
     return delay;
 }
@@ -368,6 +374,10 @@ static int election_gc(lua_State *L)
     lua_election *le = check_election(L, 1);
     if (le->e) {
         ls_election_stop(le->e);
+        /* a handler still running holds le as its owner: it must not
+         * report to it once le is freed */
+        ls_task_cancel_group(&le->leader_tasks);
+        ls_task_cancel_group(&le->handler_tasks);
         ls_election_free(le->e);
         le->e = NULL;
     }

@@ -93,10 +93,14 @@ static void task_finish(ls_task *task)
     ls_loop_release();
 }
 
+/* Tasks due now run in the order they were armed: a handler spawned
+ * before another (on_lost before on_elected) runs first. */
 static void arm(ls_task *task, double seconds)
 {
-    if (seconds < 0 || seconds != seconds)
-        seconds = 0;
+    if (!(seconds > 0)) {
+        evtimer_add(task->wake, ls_loop_ready_timeout());
+        return;
+    }
     struct timeval tv = {(time_t)seconds, (suseconds_t)((seconds - (time_t)seconds) * 1e6)};
     evtimer_add(task->wake, &tv);
 }
@@ -108,7 +112,9 @@ static void report_failure(ls_task *task)
     luaL_traceback(co, co, message, 0);
     ls_log(LS_ERROR, "handler %s raised: %s", task->name, lua_tostring(co, -1));
     lua_pop(co, 1);
-    if (task->owner && task->owner->failed)
+    /* a cancelled task's owner may be gone (an election collected while
+     * its handler ran) */
+    if (task->owner && task->owner->failed && !task->cancelled)
         task->owner->failed(task->owner_arg, message);
 }
 
@@ -147,6 +153,20 @@ static void task_resume(evutil_socket_t fd, short what, void *arg)
     if (status != LUA_OK && status != LUA_YIELD)
         report_failure(task);
     task_finish(task);
+}
+
+int ls_task_pcall(lua_State *L, int nargs, int nresults, int msgh, const char *name)
+{
+    /* the budget hook reads the current task: this call stands in as one,
+     * with no coroutine of its own to sleep in */
+    ls_task call = {.name = name, .resumed_at = ls_now()};
+    ls_task *outer = current_task;
+    current_task = &call;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
+    int status = lua_pcall(L, nargs, nresults, msgh);
+    lua_sethook(L, NULL, 0, 0);
+    current_task = outer;
+    return status;
 }
 
 ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group, const ls_task_owner *owner,

@@ -38,6 +38,11 @@ ls_task *ls_task_current(void);
 /* leadership.sleep(s) / coroutine.yield() from a task: [-?, +?, e] */
 int ls_task_sleep(lua_State *L);
 
+/* lua_pcall of a policy function that runs outside any task (the retry
+ * function), held to the handler budget: a loop in it cannot stall the
+ * renewals of every election. It cannot sleep. */
+int ls_task_pcall(lua_State *L, int nargs, int nresults, int msgh, const char *name);
+
 /* Seconds a handler may run without yielding (default 0.2). */
 void ls_task_set_budget(double seconds);
 double ls_task_budget(void);

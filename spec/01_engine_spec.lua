@@ -213,7 +213,8 @@ describe("engine on memory://", function()
 
   it("aborts a runaway handler (pcall cannot save it) while renewals go on", function()
     local s = new_store()
-    local old_budget = L.handler_budget(0.05)
+    local old_budget = L.handler_budget() -- it returns the budget in force
+    L.handler_budget(0.05)
     local errors = {}
     local a = L.candidate(s, "k", "a", { ttl = 0.3 })
     a.on_elected = function()
@@ -279,6 +280,170 @@ describe("engine on memory://", function()
     L.sleep(0.1)
     assert.same({ a = 5, b = 5 }, ticks)
     a:stop(); b:stop()
+  end)
+
+  -- A timer armed late in a long callback once counted from when the loop
+  -- woke, fired early, found the deadline not yet passed and was never armed
+  -- again: the leader stayed one until something else woke the engine.
+  it("steps down at the deadline when elected late in a long callback", function()
+    local s = new_store()
+    local c = L.candidate(s, "k", "c", { ttl = 0.6, renew_deadline = 0.2 })
+    local lost_at
+    c.on_lost = function(_, reason) lost_at = lost_at or { L.now(), reason } end
+    c.retry = function() return 5 end
+    local h = L.candidate(s, "helper", "h", { ttl = 5 })
+    local elected
+    h.on_elected = function()
+      local t = L.now()
+      while L.now() - t < 0.15 do end -- busy, within the handler budget
+      s:inject("renew_fail", true)    -- no renewal is acknowledged from here
+      c:run()
+      elected = true
+    end
+    h:run()
+    assert.truthy(Rec.loop_until(function() return elected end, 2))
+    local deadline = assert(c:deadline())
+    assert.truthy(Rec.loop_until(function() return c:state() ~= "leader" end, 1))
+    assert.truthy(L.now() < deadline + 0.05, ("left %.3f s after its deadline"):format(L.now() - deadline))
+    assert.truthy(lost_at and lost_at[2] == "deadline")
+    c:stop(); h:stop()
+    s:inject("renew_fail", false)
+  end)
+
+  -- Handlers made ready in one loop turn once ran in any order (equal
+  -- timer expiries in libevent's heap).
+  it("runs handlers in the order of the events: lost before the next elected", function()
+    local s = new_store()
+    local others = {}
+    for i = 1, 4 do
+      others[i] = L.candidate(s, "other" .. i, "o", { ttl = 1 })
+      others[i].on_elected = function() end
+      others[i].on_lost = function() end
+      others[i]:run()
+    end
+    local log = {}
+    local a = L.candidate(s, "k", "a", { ttl = 1 })
+    a.on_elected = function(c, term)
+      log[#log + 1] = "elected " .. term
+      if term == 1 then
+        for i = 1, 4 do others[i]:resign() end
+        c:resign()
+      end
+    end
+    a.on_lost = function(_, reason) log[#log + 1] = "lost " .. reason end
+    a:run()
+    assert.truthy(Rec.loop_until(function() return #log >= 3 end, 1))
+    assert.same({ "elected 1", "lost resign", "elected 2" }, { log[1], log[2], log[3] })
+    -- a follower's last report is the newest
+    local seen = {}
+    local f = L.follower(s, "k")
+    f.on_leader_change = function(_, leader, term) seen[#seen + 1] = tostring(leader) .. " " .. tostring(term) end
+    f:run()
+    L.sleep(0.02)
+    local h = L.candidate(s, "h", "h", { ttl = 1 })
+    h.on_elected = function()
+      for i = 1, 4 do others[i]:resign() end
+      a:resign() -- alone: vacancy, then a again
+    end
+    h:run()
+    L.sleep(0.05)
+    assert.equal("a 3", seen[#seen], table.concat(seen, ", "))
+    for i = 1, 4 do others[i]:stop() end
+    a:stop(); f:stop(); h:stop()
+  end)
+
+  it("an election collected while its handler runs: the handler is cancelled, nothing freed is touched", function()
+    local s = new_store()
+    local finished = false
+    local c = L.candidate(s, "k", "c", { ttl = 1 })
+    c.on_lost = function()
+      local t, u = L.now(), "x" -- reuse the registers that held self and the reason
+      collectgarbage(); collectgarbage()
+      L.sleep(0.01)
+      collectgarbage(); collectgarbage()
+      finished = t and u and true
+    end
+    c:run()
+    assert.truthy(Rec.loop_until(function() return c:is_leader() end, 1))
+    c:stop()
+    c = nil
+    collectgarbage(); collectgarbage()
+    L.sleep(0.1)
+    assert.is_false(finished) -- cancelled with its election
+    assert.equal(0, L.live().tasks)
+  end)
+
+  it("a retry function that runs the election again leaves one campaign, not two", function()
+    local s = new_store()
+    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    local calls = 0
+    a.retry = function()
+      calls = calls + 1
+      if calls == 1 then a:run() end
+      return 0.01
+    end
+    s:inject("fail_next", 1)
+    a:run()
+    L.sleep(0.05)
+    local b = L.candidate(s, "k", "b", { ttl = 0.3 })
+    b:run()
+    a:stop()
+    assert.truthy(Rec.loop_until(function() return b:is_leader() end, 1), "a's key outlived its stop")
+    b:stop()
+  end)
+
+  it("counts failures since the store last answered, not over the election's life", function()
+    local s = new_store()
+    local b = L.candidate(s, "k", "b", { ttl = 1 })
+    b:run()
+    L.sleep(0.02)
+    local a = L.candidate(s, "k", "a", { ttl = 1 })
+    local attempts = {}
+    local backoff = L.backoff { initial = 0.01, max = 0.01, attempts = 1 }
+    a.retry = function(attempt, err)
+      attempts[#attempts + 1] = attempt
+      return backoff(attempt, err)
+    end
+    s:inject("fail_next", 1)
+    a:run() -- fails once, retried, then waits behind b: the store answered
+    assert.truthy(Rec.loop_until(function() return a:leader() == "b" end, 1))
+    s:inject("fail_next", 1)
+    a:resign() -- one more failure, the first since that answer
+    L.sleep(0.05)
+    assert.same({ 1, 1 }, attempts)
+    assert.equal("campaigning", a:state())
+    a:stop(); b:stop()
+  end)
+
+  it("holds the retry function to the handler budget and names it when it fails", function()
+    local s = new_store()
+    local old = L.handler_budget()
+    L.handler_budget(0.05)
+    local function gave_up(retry)
+      local a = L.candidate(s, "k", "a", { ttl = 1 })
+      local errors = {}
+      a.on_error = function(_, err) errors[#errors + 1] = err end
+      a.retry = retry
+      s:inject("fail_next", 1)
+      local t0 = L.now()
+      a:run()
+      local blocked = L.now() - t0
+      L.sleep(0.02)
+      a:stop()
+      return errors[#errors], blocked
+    end
+    local err, blocked = gave_up(function() while true do end end)
+    assert.truthy(blocked < 0.2, ("the retry function held the loop %.3f s"):format(blocked))
+    assert.truthy(err:match("^gave up after 1 attempt: .*%(retry function raised: .*budget"), err)
+    err = gave_up(function(attempt) return attempt + {} end)
+    assert.truthy(err:match("%(retry function raised: .*arithmetic"), err)
+    err = gave_up(function() return -1 end)
+    assert.truthy(err:match("%(retry function returned %-1, not seconds"), err)
+    err = gave_up(function() return "soon" end)
+    assert.truthy(err:match("%(retry function returned a string, not seconds or nil%)"), err)
+    err = gave_up(function() return nil end)
+    assert.truthy(err:match("^gave up after 1 attempt: ") and not err:match("retry function"), err)
+    L.handler_budget(old)
   end)
 end)
 

@@ -19,7 +19,11 @@ static inline void hook_leader(void *owner, const char *value, size_t len, uint6
         fuzz_sink += (unsigned char)value[i];
 }
 static inline void hook_error(void *owner, const char *message) { FUZZ_ASSERT(message != NULL); }
-static inline double hook_retry(void *owner, int attempt, const char *message) { return 0; }
+static inline double hook_retry(void *owner, int attempt, const char *message, char *why,
+                                size_t whylen)
+{
+    return 0;
+}
 static inline void hook_stopped(void *owner) {}
 
 static const ls_election_hooks fuzz_hooks = {
