@@ -318,8 +318,7 @@ static bool header_revision(json_t *reply, int64_t *rev)
 {
     json_t *header = json_object_get(reply, "header");
     /* watches start at revision + 1: the largest int64 is no revision */
-    return json_is_object(header) && jint(header, "revision", rev) && *rev > 0 &&
-           *rev < INT64_MAX;
+    return json_is_object(header) && jint(header, "revision", rev) && *rev > 0 && *rev < INT64_MAX;
 }
 
 /* A RangeRequest over every key under prefix, by create_revision. */
@@ -511,8 +510,8 @@ static void call_send(call *c)
     char url[600], *auth = malloc(authlen);
     const char *headers[3];
     snprintf(url, sizeof url, "%s%s", s->endpoints[c->endpoint], c->path);
-    c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, authlen),
-                          c->body, strlen(c->body), s->timeout, call_done, c);
+    c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, authlen), c->body,
+                          strlen(c->body), s->timeout, call_done, c);
     free(auth);
     if (!c->req) {
         /* libcurl refused to set it up: try again shortly */
@@ -1035,6 +1034,9 @@ static void lease_dead(lease *l, const char *why)
     leave(s);
 }
 
+/* Whole seconds, as etcd takes them. */
+static int64_t lease_ttl_asked(const lease *l) { return (int64_t)ceil(l->ttl); }
+
 static void lease_granted(void *arg, json_t *reply, const char *err, double sent_at)
 {
     lease *l = arg;
@@ -1044,6 +1046,12 @@ static void lease_granted(void *arg, json_t *reply, const char *err, double sent
     char msg[600];
     if (!err && (!jint(reply, "ID", &id) || !jint(reply, "TTL", &ttl) || id == 0 || ttl <= 0)) {
         snprintf(msg, sizeof msg, "etcd: malformed reply to a lease grant");
+        err = msg;
+    } else if (!err && ttl < lease_ttl_asked(l)) {
+        snprintf(msg, sizeof msg,
+                 "etcd: lease granted for %" PRId64 " s, shorter than the %" PRId64
+                 " s asked: our deadline would outlast it",
+                 ttl, lease_ttl_asked(l));
         err = msg;
     }
     size_t n;
@@ -1071,7 +1079,7 @@ static void lease_grant(lease *l)
 {
     if (l->call)
         return;
-    json_t *body = json_pack("{s:I}", "TTL", (json_int_t)ceil(l->ttl));
+    json_t *body = json_pack("{s:I}", "TTL", (json_int_t)lease_ttl_asked(l));
     l->call = call_start(l->s, "/v3/lease/grant", body, lease_granted, l);
 }
 
@@ -1085,6 +1093,14 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
     char msg[600];
     if (!err && (!json_is_object(result) || !jint(result, "TTL", &ttl))) {
         snprintf(msg, sizeof msg, "etcd: malformed reply to a lease keepalive");
+        err = msg;
+    } else if (!err && ttl > 0 && ttl < lease_ttl_asked(l)) {
+        /* etcd renews to the full ttl granted: a shorter one is no renewal
+         * our deadline can rest on */
+        snprintf(msg, sizeof msg,
+                 "etcd: lease kept alive for %" PRId64 " s, shorter than the %" PRId64
+                 " s asked: our deadline would outlast it",
+                 ttl, lease_ttl_asked(l));
         err = msg;
     }
     if (err) {

@@ -298,6 +298,33 @@ describe("etcd store", function()
     end
   end)
 
+  describe("with leases shorter than asked", function()
+    after_each(leak_check)
+    local have_python = H.have("python3", pending)
+
+    -- A deadline of 2/3 of a 5 s ttl would outlast a 1 s lease: two leaders.
+    it("never leads on a lease granted shorter than its ttl, and says why", function()
+      if not have_python then return end
+      local port = H.free_port()
+      local upstream = srv.url:match(":(%d+)$")
+      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), "shortttl", upstream })
+      finally(function() H.signal(proc, "KILL") end)
+      assert.truthy(H.wait_until(function()
+        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+      end, 5))
+      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record, 5)
+      a.retry = function(attempt) return attempt < 2 and 0.05 or nil end
+      a:run()
+      assert.truthy(loop_until(function() return count(log, "^a error") >= 2 end, 10), table.concat(log, "\n"))
+      assert.matches("lease granted for 1 s, shorter than the 5 s asked", select(2, find(log, "^a error")))
+      assert.is_nil(find(log, "^a elected"), table.concat(log, "\n"))
+      a:stop(); s:close()
+      L.run(5) -- the clean-up, while the server still runs
+    end)
+  end)
+
   describe("with a broken watch stream", function()
     after_each(leak_check)
     local have_python = H.have("python3", pending)

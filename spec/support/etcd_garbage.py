@@ -14,6 +14,10 @@ port) but break the /v3/watch stream:
   watchjunk  the stream answers with bytes that are not JSON
   watchcut   the stream sends half a message and closes
 
+and one that passes everything on but shortens every lease:
+
+  shortttl   lease grants and keep-alives answer TTL 1, whatever was asked
+
 and one that keeps the stream sound but hands it over in pieces:
 
   watchbytes the real stream, one byte per TCP segment, after a first
@@ -21,6 +25,7 @@ and one that keeps the stream sound but hands it over in pieces:
              messages and characters arrive split anywhere
 """
 import http.client
+import re
 import socket
 import sys
 import threading
@@ -148,6 +153,8 @@ def proxy(conn):
         up.request(method, path, body=body, headers=fwd)
         resp = up.getresponse()
         data = resp.read()
+        if MODE == "shortttl" and path.startswith("/v3/lease/"):
+            data = re.sub(rb'"TTL":"\d+"', b'"TTL":"1"', data)
         conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
                      b"Connection: close\r\nContent-Length: %d\r\n\r\n" % (resp.status, len(data)) + data)
         up.close()
