@@ -81,6 +81,7 @@ struct watch {
     char *key, *range_end; /* base64; range_end NULL: the one key */
     int64_t next_rev;      /* resume point after a reconnect */
     bool noput;
+    bool leader_own; /* a leader's watch of its own key: keep-alives pace its checks */
     watch_fn fn;
     void *ctx;
     watch *bucket_next;
@@ -178,10 +179,12 @@ struct etcd {
     stream_frame frame; /* how far into `in` the next message is known */
     watch *buckets[WATCH_BUCKETS];
     unsigned nwatches;
+    unsigned nleader_own; /* of them, leaders' watches of their own keys */
     int64_t next_watch_id;
     struct event *stream_timer;
     struct event *heartbeat;
-    double last_data; /* when the stream last brought anything */
+    double last_data;   /* when the stream last brought anything */
+    double progress_at; /* when a keep-alive last asked for a progress report */
     double opened_at;
     unsigned stream_failures;
     /* lifetime */
@@ -642,8 +645,10 @@ static void stream_write_json(etcd *s, json_t *msg)
     free(text);
 }
 
-/* The heartbeat runs only while a watch needs the stream: an idle leader,
- * which watches nothing, wakes for its lease keep-alives alone. */
+/* The heartbeat runs only while a follower or a waiting candidate watches:
+ * a leader's watch of its own key is checked with each lease keep-alive
+ * instead (stream_ride_keepalive), so an idle leader wakes for its
+ * keep-alives alone. */
 static void heartbeat_next(etcd *s)
 {
     struct timeval beat = {(time_t)STREAM_HEARTBEAT,
@@ -653,7 +658,7 @@ static void heartbeat_next(etcd *s)
 
 static void heartbeat_arm(etcd *s)
 {
-    if (!s->stream || s->nwatches == 0 || evtimer_pending(s->heartbeat, NULL))
+    if (!s->stream || s->nwatches == s->nleader_own || evtimer_pending(s->heartbeat, NULL))
         return;
     s->last_data = ls_now(); /* silence while idle says nothing */
     heartbeat_next(s);
@@ -718,11 +723,29 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
     enter(s);
     if (ls_now() - s->last_data > STREAM_SILENCE) {
         stream_broken(s, "no answer from the member");
-    } else if (s->nwatches > 0) {
+    } else if (s->nwatches > s->nleader_own) {
         stream_write_json(s, json_pack("{s:{}}", "progress_request"));
         heartbeat_next(s);
     }
     leave(s);
+}
+
+/* With a lease keep-alive, while only leaders' own watches use the stream:
+ * asks for a progress report, and counts the stream lost once one has gone
+ * unanswered for STREAM_SILENCE. */
+static void stream_ride_keepalive(etcd *s)
+{
+    if (!s->stream || s->nwatches == 0 || evtimer_pending(s->heartbeat, NULL))
+        return; /* nothing to check, or the heartbeat does it */
+    double now = ls_now();
+    bool unanswered = s->progress_at > s->last_data;
+    if (unanswered && now - s->progress_at > STREAM_SILENCE) {
+        stream_broken(s, "no answer from the member");
+        return;
+    }
+    stream_write_json(s, json_pack("{s:{}}", "progress_request"));
+    if (!unanswered)
+        s->progress_at = now; /* the silence counts from the first unanswered one */
 }
 
 static void stream_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -912,7 +935,7 @@ static void stream_done(void *arg, const ls_http_response *res)
 }
 
 static watch *watch_start(etcd *s, const char *key, const char *range_end, int64_t start_rev,
-                          bool noput, watch_fn fn, void *ctx)
+                          bool noput, bool leader_own, watch_fn fn, void *ctx)
 {
     watch *w = calloc(1, sizeof *w);
     w->s = s;
@@ -922,12 +945,14 @@ static watch *watch_start(etcd *s, const char *key, const char *range_end, int64
     w->range_end = range_end ? ls_base64_encode(range_end, strlen(range_end)) : NULL;
     w->next_rev = start_rev;
     w->noput = noput;
+    w->leader_own = leader_own;
     w->fn = fn;
     w->ctx = ctx;
     watch **b = bucket_of(s, w->id);
     w->bucket_next = *b;
     *b = w;
     s->nwatches++;
+    s->nleader_own += leader_own;
     if (s->stream)
         watch_send_create(w);
     else if (!evtimer_pending(s->stream_timer, NULL))
@@ -945,6 +970,7 @@ static void watch_stop(watch *w)
         p = &(*p)->bucket_next;
     *p = w->bucket_next;
     s->nwatches--;
+    s->nleader_own -= w->leader_own;
     if (s->stream)
         stream_write_json(s, json_pack("{s:{s:o}}", "cancel_request", "watch_id", jnum(w->id)));
     free(w->key);
@@ -1161,9 +1187,11 @@ static void lease_keepalive(lease *l)
 static void lease_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     lease *l = arg;
-    enter(l->s);
+    etcd *s = l->s;
+    enter(s);
     lease_keepalive(l);
-    leave(l->s);
+    stream_ride_keepalive(s); /* last: its reports may free l */
+    leave(s);
 }
 
 static void lease_free(lease *l)
@@ -1499,7 +1527,7 @@ static void entry_decide(entry *en, const kv *leader, const kv *pred, int64_t at
 {
     if (!pred) {
         en->state = E_LEADER;
-        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, leader_watch_cb, en);
+        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, true, leader_watch_cb, en);
         /* the key lives only as long as the lease, which was last proven
          * alive by the keepalive sent at valid_from */
         ls_election_acquired(en->e, (uint64_t)en->rev, en->lease->valid_from);
@@ -1507,7 +1535,7 @@ static void entry_decide(entry *en, const kv *leader, const kv *pred, int64_t at
     }
     en->state = E_WAITING;
     char *pred_key = strndup(pred->key, pred->key_len);
-    en->watch = watch_start(en->s, pred_key, NULL, at + 1, true, predecessor_watch_cb, en);
+    en->watch = watch_start(en->s, pred_key, NULL, at + 1, true, false, predecessor_watch_cb, en);
     free(pred_key);
     report_leader(en, leader);
 }
@@ -1537,7 +1565,7 @@ static void entry_checked(void *ctx, json_t *reply, const char *err, double sent
     }
     if (en->state == E_LEADER) {
         /* a leader re-checking after a compaction: still ours */
-        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, leader_watch_cb, en);
+        en->watch = watch_start(en->s, en->name, NULL, at + 1, true, true, leader_watch_cb, en);
         return;
     }
     kv pred, leader;
@@ -1788,7 +1816,7 @@ static void entry_read_done(void *ctx, json_t *reply, const char *err, double se
     en->leader_key = found ? strndup(leader.key, leader.key_len) : NULL;
     en->state = E_FOLLOWING;
     char *end = prefix_end(en->prefix);
-    en->watch = watch_start(en->s, en->prefix, end, at + 1, false, follower_watch_cb, en);
+    en->watch = watch_start(en->s, en->prefix, end, at + 1, false, false, follower_watch_cb, en);
     free(end);
     report_leader(en, found ? &leader : NULL);
     if (found)

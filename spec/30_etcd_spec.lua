@@ -366,6 +366,35 @@ describe("etcd store", function()
       end)
     end
 
+    -- A lone leader's stream has no heartbeat of its own (an idle leader
+    -- wakes for its keep-alives only): they ask for progress and notice the
+    -- silence, so a delete of its key cannot go unseen for long.
+    it("a lone leader notices a silent stream at its keep-alives, and stays leader", function()
+      if not have_python then return end
+      local port = H.free_port()
+      local upstream = srv.url:match(":(%d+)$")
+      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), "watchstall", upstream })
+      finally(function() H.signal(proc, "KILL") end)
+      assert.truthy(H.wait_until(function()
+        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+      end, 5))
+      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record, 3)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 5), table.concat(log, "\n"))
+      local t0 = L.now()
+      -- the first break is mended quietly; the second is reported
+      assert.truthy(loop_until(function() return find(log, "^a error") end, 20), table.concat(log, "\n"))
+      assert.matches("no answer from the member", select(2, find(log, "^a error")))
+      -- each: silence (3.5 s) past an unanswered keep-alive's request (ttl/3)
+      assert.truthy(L.now() - t0 < 2 * (3.5 + 2 * 1) + 1, ("noticed after %.1f s"):format(L.now() - t0))
+      assert.is_true(a:is_leader())
+      assert.is_nil(find(log, "^a lost"), table.concat(log, "\n"))
+      a:stop(); s:close()
+      L.run(5) -- the clean-up, while the server still runs
+    end)
+
     it("reads a stream that arrives a byte at a time, UTF-8 split too, without an error", function()
       if not have_python then return end
       local s, key, log, record, a, f = behind_relay("watchbytes")

@@ -13,6 +13,7 @@ port) but break the /v3/watch stream:
 
   watchjunk  the stream answers with bytes that are not JSON
   watchcut   the stream sends half a message and closes
+  watchstall the stream sends its headers, then nothing, and stays open
 
 and one that passes everything on but shortens every lease:
 
@@ -142,6 +143,10 @@ def proxy(conn):
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
+            if MODE == "watchstall":
+                while conn.recv(65536):
+                    pass
+                return
             if MODE == "watchjunk":
                 junk = b'{"result":{"watch_id":"1","created":true}}\n%%%% not json at all'
             else:
