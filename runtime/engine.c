@@ -198,7 +198,9 @@ static void back_off(ls_election *e, const char *message)
         char final[1100];
         snprintf(final, sizeof final, "gave up after %d attempt%s: %s%s%s%s", e->attempt,
                  e->attempt == 1 ? "" : "s", message, why[0] ? " (" : "", why, why[0] ? ")" : "");
-        ls_log_event(LS_ERROR, "gave up", "key", e->view.key, "error", message, NULL);
+        /* "why" only when the policy failed: an empty one ends the fields */
+        ls_log_event(LS_ERROR, "gave up", "key", e->view.key, "error", message,
+                     why[0] ? "why" : NULL, why, NULL);
         e->hooks->error(e->owner, final);
         if (e->state != LS_STOPPED) {
             e->state = LS_STOPPED;

@@ -161,8 +161,6 @@ static double hook_retry_delay(void *owner, int attempt, const char *message, ch
         snprintf(why, whylen, "retry function returned a %s, not seconds or nil",
                  luaL_typename(S, -1));
     }
-    if (why[0])
-        ls_log(LS_ERROR, "%s (giving up)", why);
     lua_settop(S, top);
     return delay;
 }
@@ -372,12 +370,10 @@ static int election_close(lua_State *L)
 static int election_gc(lua_State *L)
 {
     lua_election *le = check_election(L, 1);
+    /* its handlers' tasks go too: one still running holds le as its owner,
+     * and must not report to it once le is freed */
+    election_close(L);
     if (le->e) {
-        ls_election_stop(le->e);
-        /* a handler still running holds le as its owner: it must not
-         * report to it once le is freed */
-        ls_task_cancel_group(&le->leader_tasks);
-        ls_task_cancel_group(&le->handler_tasks);
         ls_election_free(le->e);
         le->e = NULL;
     }
