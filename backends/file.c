@@ -699,6 +699,13 @@ static void entry_busy(file_entry *en)
     }
 }
 
+/* No one else's lease is seen (any more): nothing to re-check. */
+static void entry_forget_holder(file_entry *en)
+{
+    en->seen_holder[0] = '\0';
+    en->close_recheck = 0;
+}
+
 /* A valid lease of someone else: report it, and wake at its expiry in case
  * its holder hangs, or sooner while its holder file has just closed. */
 static void entry_sees_leader(file_entry *en, const lease_record *r, long long now)
@@ -779,8 +786,7 @@ static void entry_acquire(file_entry *en)
         return;
     }
     evtimer_del(en->wake);
-    en->seen_holder[0] = '\0';
-    en->close_recheck = 0;
+    entry_forget_holder(en);
     en->garbage_reported = false; /* the record is ours and sound now */
     en->holding = true;
     en->term = term;
@@ -848,8 +854,7 @@ static void entry_check(file_entry *en)
             grace = r.released_at_ns + RESIGN_GRACE_NS - now;
     }
     record_free(&r);
-    en->seen_holder[0] = '\0';
-    en->close_recheck = 0;
+    entry_forget_holder(en);
     if (grace > 0) {
         arm(en->wake, (double)grace / 1e9);
         entry_report_leader(en, NULL);
