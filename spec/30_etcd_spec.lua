@@ -17,6 +17,20 @@ end
 
 local function leak_check() Rec.nothing_alive(5, 2) end
 
+-- The URL of spec/support/etcd_garbage.py in `mode` on a free port, in
+-- front of the etcd server `upstream` for the modes that pass calls on;
+-- it dies with the spec.
+local function garbage_etcd(mode, upstream)
+  local port = H.free_port()
+  local upstream_port = upstream and upstream.url:match(":(%d+)$")
+  local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), mode, upstream_port })
+  finally(function() H.signal(proc, "KILL") end)
+  assert.truthy(H.wait_until(function()
+    return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+  end, 5))
+  return "etcd://127.0.0.1:" .. port
+end
+
 -- Established TCP connections from this process to 127.0.0.1:port.
 local function my_connections(port)
   local stat = H.read("/proc/self/stat")
@@ -273,13 +287,7 @@ describe("etcd store", function()
     for _, mode in ipairs({ "badjson", "types", "http500", "hangup" }) do
       it("turns '" .. mode .. "' into errors and retries, never crashes", function()
         if not have_python then return end
-        local port = H.free_port()
-        local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), mode })
-        finally(function() H.signal(proc, "KILL") end)
-        assert.truthy(H.wait_until(function()
-          return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
-        end, 5))
-        local s = assert(L.store("etcd://127.0.0.1:" .. port, { timeout = 1 }))
+        local s = assert(L.store(garbage_etcd(mode), { timeout = 1 }))
         local log, record = recorder()
         local a = candidate(s, new_key(), "a", record)
         a.retry = function(attempt) return attempt < 3 and 0.05 or nil end
@@ -305,14 +313,7 @@ describe("etcd store", function()
     -- A deadline of 2/3 of a 5 s ttl would outlast a 1 s lease: two leaders.
     it("never leads on a lease granted shorter than its ttl, and says why", function()
       if not have_python then return end
-      local port = H.free_port()
-      local upstream = srv.url:match(":(%d+)$")
-      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), "shortttl", upstream })
-      finally(function() H.signal(proc, "KILL") end)
-      assert.truthy(H.wait_until(function()
-        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
-      end, 5))
-      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local s = assert(L.store(garbage_etcd("shortttl", srv)))
       local log, record = recorder()
       local a = candidate(s, new_key(), "a", record, 5)
       a.retry = function(attempt) return attempt < 2 and 0.05 or nil end
@@ -332,14 +333,7 @@ describe("etcd store", function()
     -- A store on etcd_garbage.py in `mode` before the real etcd, leader a
     -- elected on a new key and follower f running; the relay dies with the spec.
     local function behind_relay(mode)
-      local port = H.free_port()
-      local upstream = srv.url:match(":(%d+)$")
-      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), mode, upstream })
-      finally(function() H.signal(proc, "KILL") end)
-      assert.truthy(H.wait_until(function()
-        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
-      end, 5))
-      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local s = assert(L.store(garbage_etcd(mode, srv)))
       local key = new_key()
       local log, record = recorder()
       local a = candidate(s, key, "a", record)
@@ -371,14 +365,7 @@ describe("etcd store", function()
     -- silence, so a delete of its key cannot go unseen for long.
     it("a lone leader notices a silent stream at its keep-alives, and stays leader", function()
       if not have_python then return end
-      local port = H.free_port()
-      local upstream = srv.url:match(":(%d+)$")
-      local proc = H.spawn({ "python3", "spec/support/etcd_garbage.py", tostring(port), "watchstall", upstream })
-      finally(function() H.signal(proc, "KILL") end)
-      assert.truthy(H.wait_until(function()
-        return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
-      end, 5))
-      local s = assert(L.store("etcd://127.0.0.1:" .. port))
+      local s = assert(L.store(garbage_etcd("watchstall", srv)))
       local log, record = recorder()
       local a = candidate(s, new_key(), "a", record, 3)
       a:run()
