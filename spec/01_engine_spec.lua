@@ -305,7 +305,9 @@ describe("engine on memory://", function()
     local deadline = assert(c:deadline())
     assert.truthy(Rec.loop_until(function() return c:state() ~= "leader" end, 1))
     assert.truthy(L.now() < deadline + 0.05, ("left %.3f s after its deadline"):format(L.now() - deadline))
-    assert.truthy(lost_at and lost_at[2] == "deadline")
+    -- on_lost runs as a task, a loop turn after the state changed
+    assert.truthy(Rec.loop_until(function() return lost_at end, 1))
+    assert.equal("deadline", lost_at[2])
     c:stop(); h:stop()
     s:inject("renew_fail", false)
   end)
@@ -428,7 +430,8 @@ describe("engine on memory://", function()
       local t0 = L.now()
       a:run()
       local blocked = L.now() - t0
-      L.sleep(0.02)
+      -- on_error runs as a task: wait for the last report, the give-up
+      Rec.loop_until(function() return errors[#errors] and errors[#errors]:match("^gave up") end, 1)
       a:stop()
       return errors[#errors], blocked
     end
