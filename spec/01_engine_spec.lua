@@ -6,6 +6,11 @@ local Rec = require "record"
 local new_store = Rec.memory_stores("engine")
 local recorder = Rec.recorder
 
+-- Elections made here are tracked: a failed spec's are stopped by the
+-- check after it (Rec.nothing_alive) instead of failing every later one's.
+local function new_candidate(...) return Rec.track(L.candidate(...)) end
+local function new_follower(...) return Rec.track(L.follower(...)) end
+
 local function candidate(store, name, record, options)
   return Rec.candidate(store, "svc/leader", name, record, options or { ttl = 1 })
 end
@@ -62,10 +67,10 @@ describe("engine on memory://", function()
   it("reports vacancy to followers, and JSON values as tables", function()
     local s = new_store()
     local seen = {}
-    local f = L.follower(s, "svc/leader")
+    local f = new_follower(s, "svc/leader")
     f.on_leader_change = function(_, leader, term) seen[#seen + 1] = { leader = leader, term = term } end
     f:run()
-    local c = L.candidate(s, "svc/leader", { name = "underwood", addr = "10.0.0.5:80" }, { ttl = 1 })
+    local c = new_candidate(s, "svc/leader", { name = "underwood", addr = "10.0.0.5:80" }, { ttl = 1 })
     c:run()
     L.sleep(0.05)
     c:stop()
@@ -106,7 +111,7 @@ describe("engine on memory://", function()
 
   it("is_leader is false once the deadline has passed, even before the timer fires", function()
     local s = new_store()
-    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    local a = new_candidate(s, "k", "a", { ttl = 0.3 })
     a:run()
     L.sleep(0.02)
     s:inject("renew_fail", true)
@@ -174,7 +179,7 @@ describe("engine on memory://", function()
 
   it("a backoff object serves as retry", function()
     local s = new_store()
-    local a = L.candidate(s, "k", "a")
+    local a = new_candidate(s, "k", "a")
     a.retry = L.backoff { initial = 0.02, max = 0.02, attempts = 2 }
     local errors = {}
     a.on_error = function(_, err) errors[#errors + 1] = err end
@@ -188,7 +193,7 @@ describe("engine on memory://", function()
   it("passes a handler's error to on_error and goes on", function()
     local s = new_store()
     local errors = {}
-    local a = L.candidate(s, "k", "a")
+    local a = new_candidate(s, "k", "a")
     a.on_elected = function() error("boom") end
     a.on_error = function(_, err) errors[#errors + 1] = err end
     a:run()
@@ -201,7 +206,7 @@ describe("engine on memory://", function()
   it("handles non-string errors raised in handlers", function()
     local s = new_store()
     local errors = {}
-    local a = L.candidate(s, "k", "a")
+    local a = new_candidate(s, "k", "a")
     a.on_elected = function() error({ code = 42 }) end
     a.on_error = function(_, err) errors[#errors + 1] = err end
     a:run()
@@ -216,7 +221,7 @@ describe("engine on memory://", function()
     local old_budget = L.handler_budget() -- it returns the budget in force
     L.handler_budget(0.05)
     local errors = {}
-    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    local a = new_candidate(s, "k", "a", { ttl = 0.3 })
     a.on_elected = function()
       while true do pcall(function() while true do end end) end
     end
@@ -234,7 +239,7 @@ describe("engine on memory://", function()
     local s = new_store()
     local closed, resumed_after_loss = false, false
     local lost = false
-    local a = L.candidate(s, "k", "a")
+    local a = new_candidate(s, "k", "a")
     a.on_elected = function(_, term)
       if term > 1 then return end -- re-elected after the resign
       local guard <close> = setmetatable({}, { __close = function() closed = true end })
@@ -257,7 +262,7 @@ describe("engine on memory://", function()
     local s = new_store()
     local called = {}
     local handler = setmetatable({}, { __call = function(_, c, term) called[#called + 1] = term end })
-    local a = L.candidate(s, "k", "a")
+    local a = new_candidate(s, "k", "a")
     a.on_elected = handler
     a:run()
     L.sleep(0.02)
@@ -271,8 +276,8 @@ describe("engine on memory://", function()
     local function worker(name)
       return function() for _ = 1, 5 do ticks[name] = ticks[name] + 1; L.sleep(0.01) end end
     end
-    local a = L.candidate(s, "ka", "a")
-    local b = L.candidate(s, "kb", "b")
+    local a = new_candidate(s, "ka", "a")
+    local b = new_candidate(s, "kb", "b")
     a.on_elected, b.on_elected = worker("a"), worker("b")
     a:run(); b:run()
     L.sleep(0.02)
@@ -287,11 +292,11 @@ describe("engine on memory://", function()
   -- again: the leader stayed one until something else woke the engine.
   it("steps down at the deadline when elected late in a long callback", function()
     local s = new_store()
-    local c = L.candidate(s, "k", "c", { ttl = 0.6, renew_deadline = 0.2 })
+    local c = new_candidate(s, "k", "c", { ttl = 0.6, renew_deadline = 0.2 })
     local lost_at
     c.on_lost = function(_, reason) lost_at = lost_at or { L.now(), reason } end
     c.retry = function() return 5 end
-    local h = L.candidate(s, "helper", "h", { ttl = 5 })
+    local h = new_candidate(s, "helper", "h", { ttl = 5 })
     local elected
     h.on_elected = function()
       local t = L.now()
@@ -318,13 +323,13 @@ describe("engine on memory://", function()
     local s = new_store()
     local others = {}
     for i = 1, 4 do
-      others[i] = L.candidate(s, "other" .. i, "o", { ttl = 1 })
+      others[i] = new_candidate(s, "other" .. i, "o", { ttl = 1 })
       others[i].on_elected = function() end
       others[i].on_lost = function() end
       others[i]:run()
     end
     local log = {}
-    local a = L.candidate(s, "k", "a", { ttl = 1 })
+    local a = new_candidate(s, "k", "a", { ttl = 1 })
     a.on_elected = function(c, term)
       log[#log + 1] = "elected " .. term
       if term == 1 then
@@ -338,11 +343,11 @@ describe("engine on memory://", function()
     assert.same({ "elected 1", "lost resign", "elected 2" }, { log[1], log[2], log[3] })
     -- a follower's last report is the newest
     local seen = {}
-    local f = L.follower(s, "k")
+    local f = new_follower(s, "k")
     f.on_leader_change = function(_, leader, term) seen[#seen + 1] = tostring(leader) .. " " .. tostring(term) end
     f:run()
     L.sleep(0.02)
-    local h = L.candidate(s, "h", "h", { ttl = 1 })
+    local h = new_candidate(s, "h", "h", { ttl = 1 })
     h.on_elected = function()
       for i = 1, 4 do others[i]:resign() end
       a:resign() -- alone: vacancy, then a again
@@ -357,7 +362,7 @@ describe("engine on memory://", function()
   it("an election collected while its handler runs: the handler is cancelled, nothing freed is touched", function()
     local s = new_store()
     local finished = false
-    local c = L.candidate(s, "k", "c", { ttl = 1 })
+    local c = new_candidate(s, "k", "c", { ttl = 1 })
     c.on_lost = function()
       local t, u = L.now(), "x" -- reuse the registers that held self and the reason
       collectgarbage(); collectgarbage()
@@ -377,7 +382,7 @@ describe("engine on memory://", function()
 
   it("a retry function that runs the election again leaves one campaign, not two", function()
     local s = new_store()
-    local a = L.candidate(s, "k", "a", { ttl = 0.3 })
+    local a = new_candidate(s, "k", "a", { ttl = 0.3 })
     local calls = 0
     a.retry = function()
       calls = calls + 1
@@ -387,7 +392,7 @@ describe("engine on memory://", function()
     s:inject("fail_next", 1)
     a:run()
     L.sleep(0.05)
-    local b = L.candidate(s, "k", "b", { ttl = 0.3 })
+    local b = new_candidate(s, "k", "b", { ttl = 0.3 })
     b:run()
     a:stop()
     assert.truthy(Rec.loop_until(function() return b:is_leader() end, 1), "a's key outlived its stop")
@@ -396,10 +401,10 @@ describe("engine on memory://", function()
 
   it("counts failures since the store last answered, not over the election's life", function()
     local s = new_store()
-    local b = L.candidate(s, "k", "b", { ttl = 1 })
+    local b = new_candidate(s, "k", "b", { ttl = 1 })
     b:run()
     L.sleep(0.02)
-    local a = L.candidate(s, "k", "a", { ttl = 1 })
+    local a = new_candidate(s, "k", "a", { ttl = 1 })
     local attempts = {}
     local backoff = L.backoff { initial = 0.01, max = 0.01, attempts = 1 }
     a.retry = function(attempt, err)
@@ -422,7 +427,7 @@ describe("engine on memory://", function()
     local old = L.handler_budget()
     L.handler_budget(0.05)
     local function gave_up(retry)
-      local a = L.candidate(s, "k", "a", { ttl = 1 })
+      local a = new_candidate(s, "k", "a", { ttl = 1 })
       local errors = {}
       a.on_error = function(_, err) errors[#errors + 1] = err end
       a.retry = retry

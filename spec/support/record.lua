@@ -7,6 +7,17 @@ local assert = require "luassert" -- busted's own, outside a spec's environment
 
 local R = {}
 
+-- Every election made through R.candidate, R.follower or R.track, weakly:
+-- one a spec dropped is still the garbage collector's to close.
+local tracked = setmetatable({}, { __mode = "k" })
+
+-- Returns election, tracked, so that R.nothing_alive can stop it if the
+-- spec that made it fails before it does.
+function R.track(election)
+  tracked[election] = true
+  return election
+end
+
 -- Returns log, record: record(...) appends its arguments, each through
 -- tostring and joined by spaces, to the list log.
 function R.recorder()
@@ -34,7 +45,7 @@ end
 -- A candidate for `name` whose handler calls go to record as
 -- "<name> elected|lost|sees|error ...".
 function R.candidate(store, key, name, record, options)
-  local c = L.candidate(store, key, name, options)
+  local c = R.track(L.candidate(store, key, name, options))
   c.on_elected = function(_, term) record(name, "elected", term) end
   c.on_lost = function(_, reason) record(name, "lost", reason) end
   c.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
@@ -44,7 +55,7 @@ end
 
 -- A follower recorded the same way, as `name`.
 function R.follower(store, key, name, record)
-  local f = L.follower(store, key)
+  local f = R.track(L.follower(store, key))
   f.on_leader_change = function(_, leader, term) record(name, "sees", leader, term) end
   f.on_error = function(_, err) record(name, "error", err) end
   return f
@@ -79,13 +90,33 @@ end
 
 -- After a spec: runs the loop for `settle` seconds (default 2), collects
 -- garbage, runs it `after` seconds more when given, and expects no
--- election, store, task or hold alive.
+-- election, store, task or hold alive. A tracked election still running
+-- fails this check too, after it is stopped: a spec that failed half-way
+-- then fails once, instead of leaving its elections to fail the leak check
+-- of every spec after it.
 function R.nothing_alive(settle, after)
   L.run(settle or 2)
   collectgarbage()
   collectgarbage()
+  local running, left_running = {}, {}
+  for election in pairs(tracked) do
+    local state = election:state()
+    if state ~= "idle" and state ~= "stopped" then
+      running[#running + 1] = election
+      left_running[#left_running + 1] = tostring(election)
+    end
+  end
+  -- named before any is stopped: stopping a leader elects the next one
+  for _, election in ipairs(running) do election:stop() end
+  running = nil -- now the collector may free them
+  tracked = setmetatable({}, { __mode = "k" })
+  if #left_running > 0 then
+    L.run(settle or 2)
+    collectgarbage()
+  end
   if after then L.run(after) end
   assert.same({ elections = 0, stores = 0, tasks = 0, holds = 0 }, L.live())
+  assert(#left_running == 0, "the spec left elections running: " .. table.concat(left_running, ", "))
 end
 
 return R
