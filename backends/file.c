@@ -93,6 +93,9 @@ struct file_entry {
     const char *value; /* the election's (it outlives the entry's link) */
     size_t value_len;
     double ttl;
+    /* a third of the ttl, or half the engine's renew_deadline if that is
+     * shorter: two renewals fall within every deadline, whatever it is */
+    double renew_period;
     bool candidate;
     bool holding;
     bool dirty; /* an inotify event asked for a re-read */
@@ -790,7 +793,7 @@ static void entry_acquire(file_entry *en)
     en->garbage_reported = false; /* the record is ours and sound now */
     en->holding = true;
     en->term = term;
-    en->renew_at = sent_at + en->ttl / 3;
+    en->renew_at = sent_at + en->renew_period;
     store_schedule_renew(fs);
     if (term_err[0] && !entry_error(en, term_err))
         return; /* cancelled: the cancel released the key */
@@ -877,14 +880,14 @@ static void entry_renew(file_entry *en)
         return;
     }
     if (lock < 0) {
-        en->renew_at = sent_at + en->ttl / 10;
+        en->renew_at = sent_at + en->renew_period * 0.3;
         entry_error(en, err);
         return;
     }
     lease_record r;
     if (record_read(&en->key, &r, err, sizeof err) < 0) {
         close(lock);
-        en->renew_at = sent_at + en->ttl / 10;
+        en->renew_at = sent_at + en->renew_period * 0.3;
         entry_error(en, err);
         return;
     }
@@ -903,11 +906,11 @@ static void entry_renew(file_entry *en)
                           now + (long long)(en->ttl * 1e9), err, sizeof err);
     close(lock);
     if (rc < 0) {
-        en->renew_at = sent_at + en->ttl / 10;
+        en->renew_at = sent_at + en->renew_period * 0.3;
         entry_error(en, err);
         return;
     }
-    en->renew_at = sent_at + en->ttl / 3;
+    en->renew_at = sent_at + en->renew_period;
     entry_hold(en);
     ls_election_renewed(en->e, sent_at);
     entry_drop(en);
@@ -945,7 +948,7 @@ static void entries_drop(file_entry **list, size_t n)
 static bool want_renewal(file_entry *en, void *arg)
 {
     /* batch renewals due within a tenth of their period */
-    return en->holding && en->renew_at <= *(double *)arg + en->ttl / 30;
+    return en->holding && en->renew_at <= *(double *)arg + en->renew_period / 10;
 }
 
 static void renew_cb(evutil_socket_t fd, short what, void *arg)
@@ -1056,6 +1059,9 @@ static void entry_start(ls_store *store, ls_election *e, bool candidate)
     en->value = view->value;
     en->value_len = view->value_len;
     en->ttl = view->ttl;
+    en->renew_period = view->ttl / 3;
+    if (view->renew_deadline > 0 && view->renew_deadline / 2 < en->renew_period)
+        en->renew_period = view->renew_deadline / 2;
     en->candidate = candidate;
     en->wake = evtimer_new(ls_loop_base(), wake_cb, en);
     en->refs = 1;

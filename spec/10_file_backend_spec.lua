@@ -172,6 +172,22 @@ describe("file:// backend", function()
     assert.equal(1, released.term)
   end)
 
+  -- renew_deadline may be any time below the ttl: renewing every ttl/3
+  -- whatever it is let a leader with a short one pass its deadline before
+  -- its first renewal, lose, and be elected again, over and over.
+  it("renews often enough to keep a renew_deadline shorter than a third of the ttl", function()
+    local dir = new_dir()
+    local a, ea = candidate(assert(L.store("file://" .. dir)), "a", KEY, { ttl = 1.5, renew_deadline = 0.2 })
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    L.sleep(1) -- five renew_deadlines: only renewals within each keep it
+    assert.is_true(a:is_leader(), dump(ea))
+    assert.equal(1, a:term())
+    assert.equal(1, count(ea, "elected"), dump(ea))
+    assert.equal(0, count(ea, "lost"), dump(ea))
+    a:stop()
+  end)
+
   it("hands a resigned key to the other store, not back to itself", function()
     local dir = new_dir()
     local a = candidate(assert(L.store("file://" .. dir)), "a")
