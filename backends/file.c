@@ -57,6 +57,8 @@
 /* After a holder file's close event: first re-check, doubling up to the last. */
 #define CLOSE_RECHECK_FIRST 0.001
 #define CLOSE_RECHECK_LAST 0.256
+/* Holder files whose close a store remembers, for records it reads later */
+#define CLOSED_HOLDERS 8
 #define MUTEX_BUSY (-2)
 
 typedef struct file_store file_store;
@@ -80,6 +82,10 @@ struct file_store {
     int wd_dir, wd_holders;
     struct event *inotify_ev;
     struct event *renew; /* one timer renews every key this store holds */
+    /* the last holder files seen to close: an entry that first sees one of
+     * these holders after its close event must check it again too */
+    char closed_holders[CLOSED_HOLDERS][HOLDER_ID_MAX];
+    unsigned closed_next;
     file_entry *entries;
     file_release *releases;
     unsigned depth; /* our callbacks on the stack: free is deferred */
@@ -709,13 +715,23 @@ static void entry_forget_holder(file_entry *en)
     en->close_recheck = 0;
 }
 
+static bool holder_closed(file_store *fs, const char *id)
+{
+    for (unsigned i = 0; i < CLOSED_HOLDERS; i++)
+        if (!strcmp(fs->closed_holders[i], id))
+            return true;
+    return false;
+}
+
 /* A valid lease of someone else: report it, and wake at its expiry in case
  * its holder hangs, or sooner while its holder file has just closed. */
 static void entry_sees_leader(file_entry *en, const lease_record *r, long long now)
 {
     double to_expiry = (double)(r->expiry_ns - now) / 1e9 + 0.001;
+    /* a holder new to us may have closed before we read its record (its
+     * close event came in the batch that brought the record) */
     if (strcmp(en->seen_holder, r->holder))
-        en->close_recheck = 0;
+        en->close_recheck = holder_closed(en->fs, r->holder) ? CLOSE_RECHECK_FIRST : 0;
     snprintf(en->seen_holder, sizeof en->seen_holder, "%s", r->holder);
     if (en->close_recheck > 0 && en->close_recheck <= CLOSE_RECHECK_LAST &&
         en->close_recheck < to_expiry) {
@@ -986,6 +1002,8 @@ static void mark_lease(file_store *fs, const char *name)
 
 static void mark_holder(file_store *fs, const char *id)
 {
+    snprintf(fs->closed_holders[fs->closed_next], HOLDER_ID_MAX, "%s", id);
+    fs->closed_next = (fs->closed_next + 1) % CLOSED_HOLDERS;
     for (file_entry *en = fs->entries; en; en = en->next)
         if (en->seen_holder[0] && !strcmp(en->seen_holder, id)) {
             en->dirty = true;
