@@ -240,10 +240,13 @@ static bool holder_id_valid(const char *id)
 
 /* Takes the key's mutex without blocking: the locked fd (close unlocks),
  * MUTEX_BUSY, or -1 with err. Opened read-only so closing it raises no
- * IN_CLOSE_WRITE in the watched directory. */
+ * IN_CLOSE_WRITE in the watched directory. Every file here is opened with
+ * O_NONBLOCK (no effect on a regular file): anyone who can write the
+ * directory can leave a FIFO in a file's place, and opening one blocks the
+ * loop until a writer comes. */
 static int mutex_take(const file_key *k, char *err, size_t errlen)
 {
-    int fd = open(k->mutex_path, O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
+    int fd = open(k->mutex_path, O_RDONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "file store: cannot open '%s': %s", k->mutex_path, strerror(errno));
         return -1;
@@ -395,7 +398,7 @@ static json_t *json_read_fd(int fd, size_t flags, json_error_t *jerr)
 static int record_read(const file_key *k, lease_record *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    int fd = open(k->lease_path, O_RDONLY | O_CLOEXEC);
+    int fd = open(k->lease_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT)
             return 0;
@@ -421,7 +424,7 @@ static int record_read(const file_key *k, lease_record *r, char *err, size_t err
 static int term_read(const file_key *k, uint64_t *term, char *err, size_t errlen)
 {
     *term = 0;
-    int fd = open(k->term_path, O_RDONLY | O_CLOEXEC);
+    int fd = open(k->term_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0 && errno == ENOENT)
         return 0;
     json_error_t jerr;
@@ -495,7 +498,7 @@ static bool holder_alive(file_store *fs, const char *id)
         return true;
     char *path = join(fs->holders_dir, "/", id);
     /* read-only: our close must not look like a holder's death */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     bool alive = fd < 0 ? errno != ENOENT : flock(fd, LOCK_SH | LOCK_NB) < 0;
     if (fd >= 0)
         close(fd);

@@ -311,6 +311,42 @@ describe("file:// backend", function()
     c:stop()
   end)
 
+  -- Anyone who can write the directory can leave a FIFO where a file is
+  -- read: opening one for reading blocked until a writer came, and the
+  -- whole loop (a leader's deadline with it) waited. Each FIFO here gets
+  -- writers from 3 s on, so the old code hangs that long, not for ever.
+  it("never blocks on a FIFO left where a record, term, mutex or holder file goes", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local base = dir .. "/" .. KEY_FILE
+    local cases = {
+      { fifo = base .. ".lease" },
+      { fifo = base .. ".term" },
+      { fifo = base .. ".mutex" },
+      { fifo = dir .. "/holders/fifo-1",
+        record = record_text("fifo-1", 7, "fifo", mono_ns(60)) },
+    }
+    for _, case in ipairs(cases) do
+      os.remove(base .. ".lease"); os.remove(base .. ".term"); os.remove(base .. ".mutex")
+      assert(os.execute("mkfifo " .. H.quote(case.fifo)))
+      if case.record then replace(base .. ".lease", case.record) end
+      -- opens it for writing (each open lets one blocked reader through)
+      -- for as long as it is a FIFO
+      local unblock = H.spawn({ "sh", "-c", 'sleep 3; while [ -p "$1" ]; do : >"$1"; done', "sh", case.fifo })
+      children[#children + 1] = unblock
+      local t0 = L.now()
+      local c, ev = candidate(s, "c")
+      c:run()
+      local elected = wait_for(function() return c:is_leader() end, 1)
+      local took = L.now() - t0
+      -- stopped before its writer goes: the old code's release blocks too
+      c:stop()
+      H.signal(unblock, "KILL")
+      assert.truthy(elected, case.fifo .. "\n" .. dump(ev))
+      assert.truthy(took < 1, ("%s: elected after %.3f s"):format(case.fifo, took))
+    end
+  end)
+
   it("refuses a term past the largest a record can hold, instead of wrapping it", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
