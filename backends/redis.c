@@ -208,6 +208,9 @@ struct relection {
     uint64_t term; /* ours, while leader */
     double ttl;
     long long ttl_ms;
+    /* a third of the ttl, or half the engine's renew_deadline if that is
+     * shorter: two renewals fall within every deadline, whatever it is */
+    double renew_period;
     double not_before;   /* no acquire before this: a resign lets others go first */
     struct event *timer; /* next renew, or next look */
     unsigned refs;       /* 1 while attached, plus one per request in flight */
@@ -644,7 +647,7 @@ static void acquire_reply(rreq *req, redisReply *r)
         re->leader = true;
         re->term = l.term;
         re->again = false;
-        arm(re->timer, req->sent + re->ttl / 3 - ls_now());
+        arm(re->timer, req->sent + re->renew_period - ls_now());
         ls_election_acquired(re->e, l.term, req->sent);
         return;
     }
@@ -670,7 +673,7 @@ static void renew_reply(rreq *req, redisReply *r)
     if (!re->e || !r || !re->leader)
         return;
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
-        arm(re->timer, req->sent + re->ttl / 3 - ls_now());
+        arm(re->timer, req->sent + re->renew_period - ls_now());
         ls_election_renewed(re->e, req->sent);
         return;
     }
@@ -686,7 +689,7 @@ static void renew_reply(rreq *req, redisReply *r)
         else
             snprintf(msg, sizeof msg, "redis %s: unexpected %s reply to renew of '%s'",
                      re->st->server, reply_type_name(r->type), re->k->key);
-        arm(re->timer, re->ttl / 10);
+        arm(re->timer, re->renew_period * 0.3);
         ls_election_error(re->e, msg);
         return;
     }
@@ -1217,6 +1220,9 @@ static void attach(ls_store *store, ls_election *e)
     re->candidate = v->candidate;
     re->ttl = v->ttl;
     re->ttl_ms = (long long)(v->ttl * 1000 + 0.5);
+    re->renew_period = v->ttl / 3;
+    if (v->renew_deadline > 0 && v->renew_deadline / 2 < re->renew_period)
+        re->renew_period = v->renew_deadline / 2;
     make_token(re->token, e);
     /* Right after we released the key (a resign), our own acquire would
      * beat the other candidates, who only hear of it by pub/sub. */
