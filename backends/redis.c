@@ -964,7 +964,11 @@ static void conn_ready(rconn *c)
 {
     rstore *st = c->st;
     c->state = CONN_READY;
-    c->backoff = 0.1;
+    /* the subscriber, without AUTH, is ready before the server has said a
+     * word: its delay restarts with the first SUBSCRIBE confirmed, or a
+     * server that drops it at once would see it every 0.1 s for ever */
+    if (!c->subscriber)
+        c->backoff = 0.1;
     evtimer_del(c->timer);
     conn_arm_request_timer(c);
     ls_log_event(LS_DEBUG, "redis connected", "server", st->server, "connection",
@@ -1184,6 +1188,8 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
     const char *kind = r->element[0]->str;
     if (strcmp(kind, "message") && strcmp(kind, "subscribe"))
         return;
+    if (!strcmp(kind, "subscribe"))
+        st->sub.backoff = 0.1;
     st->depth++;
     for (rkey *k = st->keys; k; k = k->next) {
         if (strlen(k->channel) == r->element[1]->len && !strcmp(k->channel, r->element[1]->str)) {

@@ -384,6 +384,30 @@ describe("redis store", function()
       b:stop(); s:close()
     end)
 
+    it("a pub/sub connection the server drops at once is retried with a growing delay", function()
+      -- the server takes the connection and refuses SUBSCRIBE (as one
+      -- refuses a client past maxclients): the connection drops each time
+      local own = R.start()
+      finally(function() own:stop() end)
+      assert.equal("OK", own:cli("ACL", "SETUSER", "default", "-subscribe"))
+      local s = open_store(own.url)
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2), table.concat(log, "\n"))
+      local function connections()
+        return tonumber(own:cli("INFO", "stats"):match("total_connections_received:(%d+)"))
+      end
+      local before = connections()
+      L.sleep(2)
+      -- 0.1, 0.2, 0.4, 0.8, 1 s apart: some 5 in 2 s (and redis-cli's own);
+      -- every 0.1 s: some 20
+      local made = connections() - before
+      assert.truthy(made <= 9, made .. " connections in 2 s")
+      assert.is_true(a:is_leader(), table.concat(log, "\n"))
+      a:stop(); s:close()
+    end)
+
     it("refuses rediss://, TLS options, several hosts and unknown options clearly", function()
       -- a store that cannot open is nil, message (bad options raise)
       local function open_error(url, options)
