@@ -60,6 +60,12 @@
 /* Holder files whose close a store remembers, for records it reads later */
 #define CLOSED_HOLDERS 8
 #define MUTEX_BUSY (-2)
+/* IN_CLOSE_WRITE on the directory: a record edited in place by hand.
+ * IN_MOVE_SELF (and IN_IGNORED, always sent): a directory gone from its
+ * path, its watch with it; IN_DELETE/IN_MOVED_FROM of our own holder file:
+ * other stores now count us dead. Either way the store starts again. */
+#define DIR_EVENTS (IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE | IN_MOVE_SELF | IN_ONLYDIR)
+#define HOLDERS_EVENTS (IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM | IN_MOVE_SELF | IN_ONLYDIR)
 
 typedef struct file_store file_store;
 typedef struct file_entry file_entry;
@@ -90,6 +96,9 @@ struct file_store {
     file_release *releases;
     unsigned depth; /* our callbacks on the stack: free is deferred */
     bool closed;
+    /* a watched directory or our holder file left its path: every entry
+     * failed, and the next start makes them again (store_repair) */
+    bool broken;
 };
 
 struct file_entry {
@@ -986,6 +995,8 @@ static void renew_cb(evutil_socket_t fd, short what, void *arg)
     store_leave(fs);
 }
 
+static bool want_any(file_entry *en, void *arg) { return true; }
+
 static bool want_dirty(file_entry *en, void *arg)
 {
     bool dirty = en->dirty;
@@ -1019,6 +1030,7 @@ static void inotify_cb(evutil_socket_t fd, short what, void *arg)
     file_store *fs = arg;
     char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
     bool overflow = false;
+    const char *lost = NULL;
     for (;;) {
         ssize_t n = read(fd, buf, sizeof buf);
         if (n <= 0)
@@ -1026,12 +1038,18 @@ static void inotify_cb(evutil_socket_t fd, short what, void *arg)
         for (char *p = buf; p < buf + n;) {
             struct inotify_event *ev = (struct inotify_event *)p;
             p += sizeof *ev + ev->len;
+            bool ours = ev->wd == fs->wd_dir || ev->wd == fs->wd_holders;
             if (ev->mask & IN_Q_OVERFLOW)
                 overflow = true;
+            else if (ours && (ev->mask & (IN_IGNORED | IN_MOVE_SELF)))
+                lost = ev->wd == fs->wd_dir ? fs->dir : fs->holders_dir;
             else if (!ev->len || ev->name[0] == '.')
                 continue; /* temp files; encoded names never start with '.' */
             else if (ev->wd == fs->wd_dir)
                 mark_lease(fs, ev->name);
+            else if (ev->wd == fs->wd_holders && (ev->mask & (IN_DELETE | IN_MOVED_FROM)) &&
+                     !strcmp(ev->name, fs->holder_id))
+                lost = fs->holder_path;
             else if (ev->wd == fs->wd_holders)
                 mark_holder(fs, ev->name);
         }
@@ -1041,7 +1059,26 @@ static void inotify_cb(evutil_socket_t fd, short what, void *arg)
             en->dirty = true;
     store_enter(fs);
     file_entry **list;
-    size_t n = entries_take(fs, want_dirty, NULL, &list);
+    size_t n;
+    if (lost) {
+        /* Our leases count as a dead holder's, or we would hear of no
+         * change any more: nothing this store holds or sees can be trusted.
+         * Every entry fails (a leader loses) and the engine starts it again,
+         * by which time store_repair has made the directories, a new holder
+         * file and new watches. */
+        fs->broken = true;
+        char msg[600];
+        snprintf(msg, sizeof msg,
+                 "file store: '%s' was removed or moved away; starting again with a new "
+                 "holder file",
+                 lost);
+        n = entries_take(fs, want_any, NULL, &list);
+        for (size_t i = 0; i < n; i++)
+            if (list[i]->e)
+                entry_fail(list[i], msg);
+        entries_drop(list, n);
+    }
+    n = entries_take(fs, want_dirty, NULL, &list);
     for (size_t i = 0; i < n; i++)
         if (list[i]->e)
             entry_check(list[i]);
@@ -1063,11 +1100,17 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the vtable ---- */
 
+static int store_repair(file_store *fs, char *err, size_t errlen);
+
 static void entry_start(ls_store *store, ls_election *e, bool candidate)
 {
     file_store *fs = store->impl;
     struct ls_election_view *view = ls_election_view(e);
     char err[600];
+    if (fs->broken && store_repair(fs, err, sizeof err) < 0) {
+        ls_election_failed(e, err);
+        return;
+    }
     file_key key;
     if (key_init(fs, view->key, &key, err, sizeof err) < 0) {
         ls_election_failed(e, err);
@@ -1170,26 +1213,67 @@ static int holder_create(file_store *fs, char *err, size_t errlen)
     return 0;
 }
 
+/* Watches the directories now at the store's paths; a watch on a
+ * directory that has left its path is dropped. */
+static int watch_add(file_store *fs, char *err, size_t errlen)
+{
+    int *wds[2] = {&fs->wd_dir, &fs->wd_holders};
+    const char *paths[2] = {fs->dir, fs->holders_dir};
+    const uint32_t masks[2] = {DIR_EVENTS, HOLDERS_EVENTS};
+    for (int i = 0; i < 2; i++) {
+        int wd = inotify_add_watch(fs->inotify_fd, paths[i], masks[i]);
+        if (wd < 0) {
+            snprintf(err, errlen, "file store: cannot watch '%s': %s", paths[i], strerror(errno));
+            return -1;
+        }
+        if (*wds[i] >= 0 && *wds[i] != wd)
+            inotify_rm_watch(fs->inotify_fd, *wds[i]);
+        *wds[i] = wd;
+    }
+    return 0;
+}
+
 static int watch_dirs(file_store *fs, char *err, size_t errlen)
 {
+    fs->wd_dir = fs->wd_holders = -1;
     fs->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fs->inotify_fd < 0) {
         snprintf(err, errlen, "file store: inotify: %s", strerror(errno));
         return -1;
     }
-    /* IN_CLOSE_WRITE on the directory: a record edited in place by hand */
-    fs->wd_dir = inotify_add_watch(fs->inotify_fd, fs->dir,
-                                   IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE | IN_ONLYDIR);
-    if (fs->wd_dir >= 0)
-        fs->wd_holders = inotify_add_watch(fs->inotify_fd, fs->holders_dir,
-                                           IN_CLOSE_WRITE | IN_DELETE | IN_ONLYDIR);
-    if (fs->wd_dir < 0 || fs->wd_holders < 0) {
-        snprintf(err, errlen, "file store: cannot watch '%s': %s", fs->dir, strerror(errno));
+    if (watch_add(fs, err, errlen) < 0)
         return -1;
-    }
     fs->inotify_ev =
         event_new(ls_loop_base(), fs->inotify_fd, EV_READ | EV_PERSIST, inotify_cb, fs);
     event_add(fs->inotify_ev, NULL);
+    return 0;
+}
+
+/* Makes a broken store whole again: its directories, watches on them, and
+ * a new holder file. Records naming the old one count as a dead holder's,
+ * as they must: while it was gone, every other store counted it dead. */
+static int store_repair(file_store *fs, char *err, size_t errlen)
+{
+    if (mkdir_p(fs->dir, err, errlen) < 0 || mkdir_p(fs->holders_dir, err, errlen) < 0 ||
+        watch_add(fs, err, errlen) < 0)
+        return -1;
+    if (fs->holder_fd >= 0) {
+        close(fs->holder_fd);
+        unlink(fs->holder_path);
+        fs->holder_fd = -1;
+    }
+    free(fs->holder_path);
+    fs->holder_path = NULL;
+    if (holder_create(fs, err, errlen) < 0) {
+        if (fs->holder_fd >= 0) {
+            close(fs->holder_fd);
+            unlink(fs->holder_path);
+            fs->holder_fd = -1;
+        }
+        return -1;
+    }
+    fs->broken = false;
+    ls_log(LS_INFO, "file store: '%s' made whole again, as holder %s", fs->dir, fs->holder_id);
     return 0;
 }
 
@@ -1253,8 +1337,10 @@ static void file_close(ls_store *store)
     event_del(fs->inotify_ev);
     /* close before unlink: the watch on holders/ only sees the close of a
      * file that is still linked there */
-    close(fs->holder_fd);
-    unlink(fs->holder_path);
+    if (fs->holder_fd >= 0) { /* -1: a repair failed to make it */
+        close(fs->holder_fd);
+        unlink(fs->holder_path);
+    }
     fs->closed = true;
     if (fs->depth == 0)
         store_free(fs);

@@ -527,6 +527,78 @@ describe("file:// backend", function()
     a:stop()
   end)
 
+  -- A store's watches are on the directories it opened: once they are
+  -- removed and made again, it heard nothing more, and its holder file was
+  -- gone with them, so every lease it took from then on counted as a dead
+  -- holder's. Two leaders until its next renewal; a follower that never
+  -- again heard of a change.
+  it("starts again when its directory is removed and made again", function()
+    local dir = new_dir()
+    local sa, sb, sf = assert(L.store("file://" .. dir)), assert(L.store("file://" .. dir)),
+      assert(L.store("file://" .. dir))
+    local opts = { ttl = 3 }
+    local a, ea = candidate(sa, "a", KEY, opts)
+    local b, eb = candidate(sb, "b", KEY, opts)
+    for _, c in ipairs({ a, b }) do c.retry = function() return 0.1 end end
+    local seen = {}
+    local f = L.follower(sf, KEY)
+    made[#made + 1] = f
+    f.retry = function() return 0.1 end
+    f.on_leader_change = function(_, leader, term) seen[#seen + 1] = tostring(leader) .. " " .. tostring(term) end
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    b:run(); f:run()
+    assert.truthy(wait_for(function() return seen[#seen] == "a 1" end, 1), table.concat(seen, ", "))
+    os.execute("rm -rf " .. H.quote(dir) .. " && mkdir -p " .. H.quote(dir .. "/holders"))
+    -- never both at once; soon one, whom the follower names (the term
+    -- count went with the directory: 1 again is no stale leader)
+    local both
+    local function settled(leader, other)
+      if a:is_leader() and b:is_leader() then both = true end
+      return both or (leader:is_leader() and not other:is_leader()
+        and seen[#seen] == ("%s %d"):format(leader == a and "a" or "b", leader:term()))
+    end
+    local function either() return settled(a, b) or settled(b, a) end
+    assert.truthy(wait_for(either, 3), table.concat(seen, ", ") .. "\n" .. dump(ea) .. "\n--\n" .. dump(eb))
+    assert.is_nil(both, "two leaders\n" .. dump(ea) .. "\n--\n" .. dump(eb))
+    -- the leader's lease holds against the other (its holder file is there)
+    L.sleep(0.3)
+    assert.truthy(either(), dump(ea) .. "\n--\n" .. dump(eb))
+    assert.is_nil(both, "two leaders\n" .. dump(ea) .. "\n--\n" .. dump(eb))
+    -- and everyone hears of the next change
+    local leader, other = a, b
+    if b:is_leader() then leader, other = b, a end
+    leader:stop()
+    assert.truthy(wait_for(function() return settled(other, leader) end, 1),
+      table.concat(seen, ", ") .. "\n" .. dump(ea) .. "\n--\n" .. dump(eb))
+    a:stop(); b:stop(); f:stop()
+  end)
+
+  -- Its holder file alone removed: every other store judged its leases a
+  -- dead holder's and took them over, and it never made the file again.
+  it("steps down and starts again with a new holder file when its own is removed", function()
+    local dir = new_dir()
+    local sa = assert(L.store("file://" .. dir))
+    local a, ea = candidate(sa, "a")
+    a.retry = function() return 0.1 end
+    a:run()
+    assert.truthy(wait_for(function() return a:is_leader() end, 1))
+    local ids = list(dir .. "/holders")
+    assert.equal(1, #ids)
+    os.remove(dir .. "/holders/" .. ids[1])
+    assert.truthy(wait_for(function() return find(ea, "lost") and a:is_leader() end, 1), dump(ea))
+    assert.equal("session", find(ea, "lost").a)
+    assert.equal(2, a:term())
+    assert.equal(1, #list(dir .. "/holders"), dump(ea))
+    local c, ec = candidate(assert(L.store("file://" .. dir)), "c")
+    c:run()
+    assert.truthy(wait_for(function() return find(ec, "leader", "a") end, 1), dump(ec))
+    L.sleep(0.2)
+    assert.is_false(c:is_leader(), dump(ec))
+    assert.is_true(a:is_leader(), dump(ea))
+    a:stop(); c:stop()
+  end)
+
   it("treats a record from another boot as vacant", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
