@@ -177,10 +177,10 @@ describe("file:// backend", function()
   -- its first renewal, lose, and be elected again, over and over.
   it("renews often enough to keep a renew_deadline shorter than a third of the ttl", function()
     local dir = new_dir()
-    local a, ea = candidate(assert(L.store("file://" .. dir)), "a", KEY, { ttl = 1.5, renew_deadline = 0.2 })
+    local a, ea = candidate(assert(L.store("file://" .. dir)), "a", KEY, { ttl = 3, renew_deadline = 0.5 })
     a:run()
     assert.truthy(wait_for(function() return a:is_leader() end, 1))
-    L.sleep(1) -- five renew_deadlines: only renewals within each keep it
+    L.sleep(1.5) -- three renew_deadlines: renewing every ttl/3 (1 s) lost it at 0.5 s
     assert.is_true(a:is_leader(), dump(ea))
     assert.equal(1, a:term())
     assert.equal(1, count(ea, "elected"), dump(ea))
