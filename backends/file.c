@@ -740,6 +740,9 @@ static bool holder_closed(file_store *fs, const char *id)
 static void entry_sees_leader(file_entry *en, const lease_record *r, long long now)
 {
     double to_expiry = (double)(r->expiry_ns - now) / 1e9 + 0.001;
+    /* no longer waiting for the key mutex: a later busy spell is a new one */
+    en->busy_since = 0;
+    en->stall_reported = false;
     /* a holder new to us may have closed before we read its record (its
      * close event came in the batch that brought the record) */
     if (strcmp(en->seen_holder, r->holder))
