@@ -226,7 +226,9 @@ struct rreq {
     int script; /* which script, or -1 */
     int load;   /* for SCRIPT LOAD: which script, else -1 */
     bool holds_loop;
-    int argc; /* the EVALSHA command, kept for an EVAL retry */
+    rkey *release_key;      /* a release's key, else NULL */
+    bool release_by_leader; /* the release gives up a leadership */
+    int argc;               /* the EVALSHA command, kept for an EVAL retry */
     char **argv;
     size_t *argvlen;
 };
@@ -735,6 +737,18 @@ static void read_reply(rreq *req, redisReply *r)
 
 static void release_reply(rreq *req, redisReply *r)
 {
+    rkey *k = req->release_key;
+    if (!r && !req->st->closing && !k->release_token[0]) {
+        /* The connection went first: the release may never have reached
+         * the server, and our next acquire would find our lease and keep
+         * it (a resign undone). Owed again, it goes first on the next
+         * connection, before any acquire. If it did run, running it again
+         * deletes at most a lease no reply told us of: every later request
+         * on that connection lost its reply too. */
+        snprintf(k->release_token, sizeof k->release_token, "%s", req->argv[4]);
+        k->release_by_leader = req->release_by_leader;
+        return;
+    }
     if (r && r->type == REDIS_REPLY_ERROR)
         ls_log_event(LS_WARN, "redis release failed", "key", req->argv[3], "error", r->str, NULL);
 }
@@ -742,11 +756,13 @@ static void release_reply(rreq *req, redisReply *r)
 /* Deletes k if token still holds it. True if sent. By EVAL, not EVALSHA:
  * a release retried after NOSCRIPT would go behind requests sent since,
  * such as our own next acquire (same token), and delete the new lease. */
-static bool send_release(rstore *st, rkey *k, const char *token, bool hold_loop)
+static bool send_release(rstore *st, rkey *k, const char *token, bool by_leader, bool hold_loop)
 {
     const char *args[] = {k->key, token, k->channel};
     rreq *req = req_new(st, NULL, release_reply, 3 + 3);
     req->script = SCRIPT_RELEASE;
+    req->release_key = k;
+    req->release_by_leader = by_leader;
     req_arg(req, 0, "EVAL", 4);
     req_arg(req, 1, release_script, strlen(release_script));
     req_arg(req, 2, "1", 1);
@@ -979,7 +995,8 @@ static void conn_ready(rconn *c)
     } else {
         /* owed releases first: they must run before any new acquire */
         for (rkey *k = st->keys; k; k = k->next) {
-            if (k->release_token[0] && send_release(st, k, k->release_token, false)) {
+            if (k->release_token[0] &&
+                send_release(st, k, k->release_token, k->release_by_leader, false)) {
                 k->release_token[0] = '\0';
                 if (k->release_by_leader)
                     released_by_leader(st, k);
@@ -1263,7 +1280,7 @@ static void redis_cancel(ls_store *store, ls_election *e)
         /* sent after any acquire in flight, so it runs after it; with the
          * connection down, it goes first when it is back, before any
          * acquire (the token outlives this attempt: see make_token) */
-        if (st->cmd.state == CONN_READY && send_release(st, re->k, re->token, true)) {
+        if (st->cmd.state == CONN_READY && send_release(st, re->k, re->token, re->leader, true)) {
             if (re->leader)
                 re->k->released_at = ls_now();
         } else {

@@ -139,6 +139,28 @@ describe("redis store", function()
       a:stop(); b:stop(); s1:close(); s2:close()
     end)
 
+    it("a resign whose release the dropped connection never sent still hands over", function()
+      local s1, s2 = open_store(srv.url), open_store(srv.url)
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s1, key, "a", record)
+      local b = candidate(s2, key, "b", record)
+      b.retry = function() return 0.05 end -- a waiting candidate fails with the connection
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      -- the release waits in hiredis's buffer for the loop; the server
+      -- drops both stores' connections before the loop runs again
+      a:resign()
+      srv:cli("CLIENT", "KILL", "TYPE", "normal")
+      assert.truthy(loop_until(function() return a:is_leader() or b:is_leader() end, 3),
+        table.concat(log, "\n"))
+      assert.is_true(b:is_leader(), table.concat(log, "\n"))
+      assert.equal(2, b:term())
+      a:stop(); b:stop(); s1:close(); s2:close()
+    end)
+
     it("stop deletes the key at once; a follower then sees vacancy", function()
       local s = open_store(srv.url)
       local key = new_key()
