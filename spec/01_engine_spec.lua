@@ -83,6 +83,18 @@ describe("engine on memory://", function()
     f:stop()
   end)
 
+  it("renews often enough to keep a renew_deadline below a third of the ttl", function()
+    local s = new_store()
+    local log, record = recorder()
+    local a = candidate(s, "a", record, { ttl = 3, renew_deadline = 0.3 })
+    a:run()
+    L.sleep(1.5) -- five renew_deadlines
+    assert.is_true(a:is_leader())
+    assert.equal(1, a:term())
+    assert.is_nil(Rec.find(log, "^a lost"), table.concat(log, "\n"))
+    a:stop()
+  end)
+
   it("steps down at the local deadline when renewals are slow", function()
     local s = new_store()
     local log, record = recorder()
