@@ -3,12 +3,15 @@
  *
  * Sessions. A store keeps one Consul session per distinct election ttl (in
  * practice one per store), created with TTL = ttl and the store's
- * LockDelay, Behavior and Checks, renewed every ttl/2 and destroyed when
- * the store closes. Every election of the store rides on it, so the load on
- * Consul does not grow with the number of elections. Consul's TTL floor is
- * 10 s (min_ttl below), and Consul may keep a session up to 2x its TTL after
- * the last renewal; the engine's local deadline (2/3 ttl from the send time
- * of the last acknowledged renewal) ends leadership well before either.
+ * LockDelay, Behavior and Checks, renewed every ttl/2, or every half the
+ * shortest renew_deadline of the candidates on it if that is sooner (ttl/3
+ * at the default; two renewals fall within every deadline, whatever it
+ * is), and destroyed when the store closes. Every election of the store
+ * rides on it, so the load on Consul does not grow with the number of
+ * elections. Consul's TTL floor is 10 s (min_ttl below), and Consul may
+ * keep a session up to 2x its TTL after the last renewal; the engine's
+ * local deadline (renew_deadline, 2/3 ttl by default, from the send time of
+ * the last acknowledged renewal) ends leadership well before either.
  *
  * Elections. A candidate reads the key; if no session holds it, it sends
  * PUT /v1/kv/<key>?acquire=<session> with its value and, on `true`, reads
@@ -54,9 +57,11 @@
 /* Lock-delay retries and leader-watch retries back off between these. */
 #define RETRY_MIN 0.1
 #define RETRY_MAX 1.0
-/* A failed session renewal is retried this soon (the deadline is ttl/6+
- * away at the first failure; the ttl is at least 10 s). */
-#define RENEW_RETRY 1.0
+/* A session create that could not be started is retried this soon. */
+#define CREATE_RETRY 1.0
+/* A failed session renewal is retried after this part of the renew period
+ * (the deadline is at least one period away at the first failure). */
+#define RENEW_RETRY_PART 0.3
 /* Consul caps LockDelay at 60 s (structs.MaxLockDelay). */
 #define MAX_LOCK_DELAY 60.0
 
@@ -75,6 +80,7 @@ struct csession {
     struct event *timer;  /* the next renewal, or its retry */
     struct event *idle;   /* soon after an election leaves: still used? */
     double valid_from;    /* send time of the last acknowledged create/renew */
+    double renew_at;      /* when `timer` fires for the next renewal */
     bool check_asap;      /* renew as soon as the request in flight ends */
     bool idle_pending;    /* `idle` is armed, holding the loop */
     csession *next;
@@ -100,9 +106,10 @@ struct celection {
     char *value;
     size_t len;
     bool candidate;
-    bool leader;   /* we reported acquired and no loss since */
-    bool may_hold; /* an acquire was sent on a live session: release on cancel */
-    bool zombie;   /* detached, finishing a release; holds the loop */
+    double renew_deadline; /* the engine's, for this election */
+    bool leader;           /* we reported acquired and no loss since */
+    bool may_hold;         /* an acquire was sent on a live session: release on cancel */
+    bool zombie;           /* detached, finishing a release; holds the loop */
     enum phase phase;
     ls_http_request *req;
     struct event *timer;
@@ -325,6 +332,7 @@ static celection *ce_new(cstore *st, ls_election *e, csession *sess)
     ce->key = strdup(view->key);
     ce->path = kv_path(view->key);
     ce->candidate = view->candidate;
+    ce->renew_deadline = view->renew_deadline;
     if (view->candidate) {
         ce->value = malloc(view->value_len + 1);
         memcpy(ce->value, view->value, view->value_len);
@@ -597,8 +605,9 @@ static void ce_handle_read(celection *ce, enum phase phase, const ls_http_respon
             ls_election_acquired(e, kv.lock_index, s->valid_from);
             if (ce->e == e) {
                 /* the holding is proven from the last renewal: refresh it
-                 * if it is old, so the deadline starts with room */
-                if (ls_now() - s->valid_from > s->ttl / 6)
+                 * if it is old, so the deadline starts with room (a
+                 * quarter of renew_deadline: ttl/6 by default) */
+                if (ls_now() - s->valid_from > ce->renew_deadline / 4)
                     session_check(s);
                 ce_read(ce, PH_READ);
             }
@@ -729,6 +738,35 @@ static csession *session_for(cstore *st, double ttl)
     return s;
 }
 
+/* Half the shortest renew_deadline of the candidates on s, or ttl/2 if
+ * that is sooner: every one of them sees two renewals within its deadline. */
+static double session_period(const csession *s)
+{
+    double period = s->ttl / 2;
+    for (celection *ce = s->st->elections; ce; ce = ce->next)
+        if (ce->e && ce->sess == s && ce->renew_deadline > 0 && ce->renew_deadline / 2 < period)
+            period = ce->renew_deadline / 2;
+    return period;
+}
+
+static void session_arm(csession *s, double at)
+{
+    s->renew_at = at;
+    arm(s->timer, at - ls_now());
+}
+
+/* A candidate joined s: its renew_deadline may want the next renewal
+ * sooner than it is due. (A create or renew in flight schedules the next
+ * one when it ends.) */
+static void session_joined(csession *s)
+{
+    if (s->state != SESS_READY || s->req)
+        return;
+    double due = s->valid_from + session_period(s);
+    if (!evtimer_pending(s->timer, NULL) || due < s->renew_at)
+        session_arm(s, due);
+}
+
 static void session_ensure(csession *s)
 {
     if (s->state != SESS_NONE || s->st->closing)
@@ -750,7 +788,7 @@ static void session_ensure(csession *s)
     free(text);
     if (!s->req) {
         s->state = SESS_NONE;
-        arm(s->timer, RENEW_RETRY);
+        arm(s->timer, CREATE_RETRY);
     }
 }
 
@@ -762,7 +800,7 @@ static void session_renew(csession *s)
     s->check_asap = false;
     s->req = st_send(s->st, "PUT", path, NULL, "", 0, s->st->timeout, on_session_renewed, s);
     if (!s->req)
-        arm(s->timer, RENEW_RETRY);
+        session_arm(s, ls_now() + session_period(s) * RENEW_RETRY_PART);
 }
 
 /* Renews now (or right after the request in flight): to learn at once
@@ -823,7 +861,7 @@ static void on_session_created(void *arg, const ls_http_response *res)
         snprintf(s->id, sizeof s->id, "%s", id);
         s->state = SESS_READY;
         s->valid_from = res->sent_at;
-        arm(s->timer, res->sent_at + s->ttl / 2 - ls_now());
+        session_arm(s, res->sent_at + session_period(s));
         ls_log_event(LS_DEBUG, "consul session created", "session", s->id, NULL);
         json_decref(root);
         celection **list = snapshot(st, on_session_waiting, s);
@@ -867,7 +905,7 @@ static void on_session_renewed(void *arg, const ls_http_response *res)
         char msg[512];
         describe(st, "renewing the session", res, msg, sizeof msg);
         note_failure(st, res);
-        arm(s->timer, RENEW_RETRY);
+        session_arm(s, ls_now() + session_period(s) * RENEW_RETRY_PART);
         celection **list = snapshot(st, on_session_leading, s);
         for (celection **p = list; *p; p++)
             if ((*p)->e && (*p)->leader)
@@ -880,7 +918,7 @@ static void on_session_renewed(void *arg, const ls_http_response *res)
     if (s->check_asap)
         session_renew(s);
     else
-        arm(s->timer, sent + s->ttl / 2 - ls_now());
+        session_arm(s, sent + session_period(s));
     celection **list = snapshot(st, on_session_leading, s);
     for (celection **p = list; *p; p++)
         if ((*p)->e && (*p)->leader)
@@ -997,7 +1035,9 @@ static void session_destroy(csession *s)
 static void consul_campaign(ls_store *store, ls_election *e)
 {
     cstore *st = store->impl;
-    ce_start(ce_new(st, e, session_for(st, ls_election_view(e)->ttl)));
+    csession *s = session_for(st, ls_election_view(e)->ttl);
+    ce_start(ce_new(st, e, s));
+    session_joined(s);
 }
 
 static void consul_follow(ls_store *store, ls_election *e)

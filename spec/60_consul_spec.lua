@@ -239,6 +239,42 @@ describe("consul store (against the Consul double)", function()
       a:stop(); s:close()
     end)
 
+    -- renew_deadline may be any time below the ttl: renewing the session
+    -- every ttl/2 (5 s) lost a renew_deadline of 1 s before every renewal
+    it("renews the shared session often enough for the shortest renew_deadline on it", function()
+      local s = assert(L.store(srv.url, { lock_delay = 0 }))
+      local key = new_key()
+      local log, record = recorder()
+      -- a, with the default renew_deadline, makes the session and its schedule
+      local a = candidate(s, key, "a", record)
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      -- b rides on the same session: its renewals must come sooner
+      local b = Rec.candidate(s, key .. "-short", "b", record, { ttl = 10, renew_deadline = 1 })
+      b:run()
+      assert.truthy(loop_until(function() return b:is_leader() end, 2), table.concat(log, "\n"))
+      assert.equal(1, #srv:sessions())
+      L.sleep(3) -- three of b's deadlines, six of its renew periods
+      assert.is_true(b:is_leader(), table.concat(log, "\n"))
+      assert.is_true(a:is_leader(), table.concat(log, "\n"))
+      assert.equal(1, b:term())
+      assert.equal(1, a:term())
+      assert.is_nil(find(log, "lost"), table.concat(log, "\n"))
+      assert.equal(2, Rec.count(log, "elected"), table.concat(log, "\n"))
+      b:stop()
+      -- alone on its store, a short renew_deadline from the session's start
+      local s2 = assert(L.store(srv.url, { lock_delay = 0 }))
+      local c = Rec.candidate(s2, key .. "-alone", "c", record, { ttl = 10, renew_deadline = 1 })
+      c:run()
+      assert.truthy(loop_until(function() return c:is_leader() end, 2), table.concat(log, "\n"))
+      L.sleep(3)
+      assert.is_true(c:is_leader(), table.concat(log, "\n"))
+      assert.equal(1, c:term())
+      assert.is_nil(find(log, "^c lost"), table.concat(log, "\n"))
+      assert.truthy(c:stats().renewals >= 4, "renewals: " .. tostring(c:stats().renewals))
+      a:stop(); c:stop(); s:close(); s2:close()
+    end)
+
     it("refuses a ttl under Consul's 10 s floor, bad options and credentials clearly", function()
       local s = assert(L.store(srv.url))
       local ok, err = pcall(L.candidate, s, new_key(), "a", { ttl = 5 })
