@@ -994,6 +994,17 @@ static void lease_schedule(lease *l, double seconds)
     evtimer_add(l->timer, &tv);
 }
 
+/* A third of the ttl, or half the shortest renew_deadline of the elections
+ * on l if that is shorter: two keepalives fall within every deadline. */
+static double lease_period(const lease *l)
+{
+    double period = l->ttl / 3;
+    for (const entry *en = l->entries; en; en = en->lease_next)
+        if (en->e && ls_election_view(en->e)->renew_deadline / 2 < period)
+            period = ls_election_view(en->e)->renew_deadline / 2;
+    return period;
+}
+
 /* The entries on l now: a report may cancel any of them, which unlinks it
  * (but frees it only later, see leave), so loops run over a copy. */
 static entry **lease_snapshot(lease *l, size_t *n)
@@ -1094,7 +1105,7 @@ static void lease_granted(void *arg, json_t *reply, const char *err, double sent
     l->alive = true;
     l->valid_from = sent_at;
     ls_log(LS_DEBUG, "etcd: lease %" PRIx64 " granted (ttl %" PRId64 " s)", (uint64_t)id, ttl);
-    lease_schedule(l, sent_at + l->ttl / 3 - ls_now());
+    lease_schedule(l, sent_at + lease_period(l) - ls_now());
     for (size_t i = 0; i < n && !s->closing; i++)
         if (!list[i]->dead && list[i]->state == E_WAIT_LEASE)
             entry_campaign(list[i]);
@@ -1138,7 +1149,7 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
                 ls_election_error(list[i]->e, err);
         free(list);
         /* again soon: the lease may still be saved */
-        lease_schedule(l, l->ttl / 10);
+        lease_schedule(l, lease_period(l) * 0.3);
         return;
     }
     if (ttl <= 0) {
@@ -1149,7 +1160,7 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
     if (l->probe)
         lease_schedule(l, 0); /* someone asked after this one was sent */
     else
-        lease_schedule(l, sent_at + l->ttl / 3 - ls_now());
+        lease_schedule(l, sent_at + lease_period(l) - ls_now());
     size_t n;
     entry **list = lease_snapshot(l, &n);
     for (size_t i = 0; i < n && !s->closing; i++) {
@@ -1256,12 +1267,17 @@ static lease *lease_attach(etcd *s, entry *en, double ttl)
         l->next = s->leases;
         s->leases = l;
     }
+    double period_before = lease_period(l);
     l->users++;
     en->lease = l;
     en->lease_next = l->entries;
     if (en->lease_next)
         en->lease_next->lease_prev = en;
     l->entries = en;
+    /* a shorter renew_deadline joining a lease kept alive brings the next
+     * keepalive forward (an answer due reschedules by itself) */
+    if (l->alive && !l->call && lease_period(l) < period_before)
+        lease_schedule(l, l->valid_from + lease_period(l) - ls_now());
     return l;
 }
 

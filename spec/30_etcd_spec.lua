@@ -119,6 +119,26 @@ describe("etcd store", function()
       s:close()
     end)
 
+    it("keeps a shared lease alive often enough for the shortest renew_deadline on it", function()
+      local s = assert(L.store(srv.url))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record, 3) -- the default renew_deadline, 2 s
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      -- joins a's lease, kept alive every second until now
+      local b = Rec.candidate(s, new_key(), "b", record, { ttl = 3, renew_deadline = 0.4 })
+      b:run()
+      assert.truthy(loop_until(function() return b:is_leader() end, 3), table.concat(log, "\n"))
+      L.sleep(2) -- five of b's deadlines
+      assert.equal(1, #srv:leases())
+      assert.is_true(a:is_leader())
+      assert.is_true(b:is_leader())
+      assert.equal(0, count(log, " lost "), table.concat(log, "\n"))
+      assert.equal(1, count(log, "^b elected"), table.concat(log, "\n"))
+      a:stop(); b:stop()
+      s:close()
+    end)
+
     it("fair queue: leaders follow creation order; a resign wakes only the successor", function()
       local key = new_key()
       local log, record = recorder()
