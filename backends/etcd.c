@@ -1,15 +1,17 @@
 /* etcd v3 through its JSON gateway (/v3/kv, /v3/lease, /v3/watch), over
  * runtime/http.c on the loop.
  *
- * One lease per store and ttl, kept alive every ttl/3 for all elections on
- * it. Each candidate creates "<key>/<lease hex>" under that lease (a txn
- * guarded by create_revision == 0); the lowest create_revision under
- * "<key>/" leads and that revision is the term; a waiting candidate watches
- * only the deletion of the key just before its own (etcd's concurrency
- * package, without the herd). Every watch of a store shares one /v3/watch
- * stream; unary calls share a pool of UNARY_CONNECTIONS, and the lease's
- * own calls have a connection of their own, so a burst of campaigns never
- * queues a keepalive behind it (its send time is every leader's deadline).
+ * One lease per store and ttl, kept alive for all elections on it every
+ * ttl/3 or every half the shortest renew_deadline among them; a candidate
+ * joining it campaigns on a keepalive fresh enough for its own. Each
+ * candidate creates "<key>/<lease hex>" under that lease (a txn guarded by
+ * create_revision == 0); the lowest create_revision under "<key>/" leads
+ * and that revision is the term; a waiting candidate watches only the
+ * deletion of the key just before its own (etcd's concurrency package,
+ * without the herd). Every watch of a store shares one /v3/watch stream;
+ * unary calls share a pool of UNARY_CONNECTIONS, and the lease's own calls
+ * have a connection of their own, so a burst of campaigns never queues a
+ * keepalive behind it (its send time is every leader's deadline).
  *
  * Re-entrancy: a report to the engine may run Lua, which may cancel any
  * election or drop the store. Objects are therefore only marked dead while
@@ -88,7 +90,7 @@ struct watch {
 };
 
 typedef enum {
-    E_WAIT_LEASE,   /* candidate: its lease is being granted */
+    E_WAIT_LEASE,   /* candidate: its lease is being granted, or kept alive afresh */
     E_WAIT_RELEASE, /* candidate: the last deletion of its key name is in flight */
     E_CREATING,     /* create txn in flight */
     E_CHECKING,     /* "am I first?" txn in flight */
@@ -111,9 +113,10 @@ struct entry {
     int64_t rev; /* our key's create_revision */
     call *call;
     watch *watch;
-    bool key_gone;    /* leader's key was deleted: is it the lease? */
-    double gone_at;   /* when we learnt it: only a later keepalive answers */
-    char *leader_key; /* follower: the leading key it reported */
+    bool key_gone;      /* leader's key was deleted: is it the lease? */
+    double gone_at;     /* when we learnt it: only a later keepalive answers */
+    double lease_asked; /* when it asked for a fresh keepalive to campaign on, or 0 */
+    char *leader_key;   /* follower: the leading key it reported */
     bool dead;
     entry *lease_prev, *lease_next;
     entry *prev, *next; /* s->entries */
@@ -1165,7 +1168,13 @@ static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at
     entry **list = lease_snapshot(l, &n);
     for (size_t i = 0; i < n && !s->closing; i++) {
         entry *en = list[i];
-        if (en->dead || en->state != E_LEADER)
+        if (en->dead)
+            continue;
+        if (en->state == E_WAIT_LEASE) {
+            entry_campaign(en); /* it waited for this keepalive */
+            continue;
+        }
+        if (en->state != E_LEADER)
             continue;
         if (!en->key_gone) {
             ls_election_renewed(en->e, sent_at);
@@ -1724,6 +1733,23 @@ static void entry_campaign(entry *en)
         lease_grant(l);
         return;
     }
+    /* Our deadline counts from the lease's last keepalive. One sent more
+     * than half our renew_deadline ago (joining a lease kept alive for
+     * longer deadlines) would leave too little of it, or none: the engine
+     * refuses a leadership acquired past its deadline. So a fresh one
+     * first, and no more than one: a slow store gets its say anyway. */
+    double half = ls_election_view(en->e)->renew_deadline / 2;
+    if (ls_now() - l->valid_from > half &&
+        !(en->lease_asked > 0 && l->valid_from >= en->lease_asked)) {
+        en->state = E_WAIT_LEASE;
+        en->lease_asked = ls_now();
+        if (l->call)
+            l->probe = true; /* the keepalive in flight may be too old too */
+        else
+            lease_keepalive(l);
+        return;
+    }
+    en->lease_asked = 0;
     /* keys have no length limit: the name is the whole prefix, never cut */
     size_t cap = strlen(en->prefix) + 40;
     char *base = malloc(cap), *name = malloc(cap);

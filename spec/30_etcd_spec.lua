@@ -139,6 +139,55 @@ describe("etcd store", function()
       s:close()
     end)
 
+    it("a lone leader whose renew_deadline is below a third of its ttl keeps its term, then shares its lease", function()
+      local s = assert(L.store(srv.url))
+      local log, record = recorder()
+      local a = Rec.candidate(s, new_key(), "a", record, { ttl = 3, renew_deadline = 0.5 })
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      local term = a:term()
+      L.sleep(3) -- six deadlines, three ttl/3 periods: it lost every second before
+      assert.is_true(a:is_leader(), table.concat(log, "\n"))
+      assert.equal(term, a:term())
+      assert.equal(1, count(log, "^a elected"), table.concat(log, "\n"))
+      -- an election with the default renew_deadline (2 s) on the same lease
+      -- must not lengthen its keepalive period
+      local b = candidate(s, new_key(), "b", record, 3)
+      b:run()
+      assert.truthy(loop_until(function() return b:is_leader() end, 3), table.concat(log, "\n"))
+      L.sleep(2)
+      assert.equal(1, #srv:leases())
+      assert.is_true(a:is_leader() and b:is_leader(), table.concat(log, "\n"))
+      assert.equal(term, a:term())
+      assert.equal(0, count(log, " lost "), table.concat(log, "\n"))
+      assert.equal(0, count(log, " error "), table.concat(log, "\n"))
+      assert.equal(1, count(log, "^a elected"), table.concat(log, "\n"))
+      a:stop(); b:stop()
+      s:close()
+    end)
+
+    it("a short renew_deadline joining late in its lease's keepalive period is elected at once", function()
+      local s = assert(L.store(srv.url))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record, 3) -- keepalives every second
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+      L.sleep(0.8) -- the last keepalive was (about) 0.8 s ago
+      local b = Rec.candidate(s, new_key(), "b", record, { ttl = 3, renew_deadline = 0.4 })
+      -- its first acquisition rests on a keepalive sent after it joined,
+      -- not on that old one: never "acquired past deadline" and a retry
+      b.retry = function(_, message) record("b", "retry", message); return 0.05 end
+      b:run()
+      assert.truthy(loop_until(function() return b:is_leader() end, 1), table.concat(log, "\n"))
+      assert.equal(0, count(log, "^b retry"), table.concat(log, "\n"))
+      L.sleep(1.2)
+      assert.is_true(a:is_leader() and b:is_leader(), table.concat(log, "\n"))
+      assert.equal(1, count(log, "^b elected"), table.concat(log, "\n"))
+      assert.equal(0, count(log, " lost "), table.concat(log, "\n"))
+      a:stop(); b:stop()
+      s:close()
+    end)
+
     it("fair queue: leaders follow creation order; a resign wakes only the successor", function()
       local key = new_key()
       local log, record = recorder()
