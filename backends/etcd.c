@@ -997,14 +997,14 @@ static void lease_schedule(lease *l, double seconds)
     evtimer_add(l->timer, &tv);
 }
 
-/* A third of the ttl, or half the shortest renew_deadline of the elections
- * on l if that is shorter: two keepalives fall within every deadline. */
+/* The shortest renew period of the elections on l (all of its ttl): two
+ * keepalives fall within every one's deadline. */
 static double lease_period(const lease *l)
 {
     double period = l->ttl / 3;
     for (const entry *en = l->entries; en; en = en->lease_next)
-        if (en->e && ls_election_view(en->e)->renew_deadline / 2 < period)
-            period = ls_election_view(en->e)->renew_deadline / 2;
+        if (en->e && ls_renew_period(ls_election_view(en->e)) < period)
+            period = ls_renew_period(ls_election_view(en->e));
     return period;
 }
 

@@ -108,9 +108,7 @@ struct file_entry {
     const char *value; /* the election's (it outlives the entry's link) */
     size_t value_len;
     double ttl;
-    /* a third of the ttl, or half the engine's renew_deadline if that is
-     * shorter: two renewals fall within every deadline, whatever it is */
-    double renew_period;
+    double renew_period; /* ls_renew_period() of the election */
     bool candidate;
     bool holding;
     bool dirty; /* an inotify event asked for a re-read */
@@ -1126,9 +1124,7 @@ static void entry_start(ls_store *store, ls_election *e, bool candidate)
     en->value = view->value;
     en->value_len = view->value_len;
     en->ttl = view->ttl;
-    en->renew_period = view->ttl / 3;
-    if (view->renew_deadline > 0 && view->renew_deadline / 2 < en->renew_period)
-        en->renew_period = view->renew_deadline / 2;
+    en->renew_period = ls_renew_period(view);
     en->candidate = candidate;
     en->wake = evtimer_new(ls_loop_base(), wake_cb, en);
     en->refs = 1;

@@ -41,7 +41,7 @@ struct mem_entry {
     bool holding;
     double lease_expiry;  /* world side: when the holding lapses */
     double ack_sent_at;   /* the renewal whose ack is delayed */
-    struct event *renew;  /* every renew_period() while holding */
+    struct event *renew;  /* every ls_renew_period() while holding */
     struct event *ack;    /* a delayed acknowledgement */
     struct event *expiry; /* the world's lease expiry */
     mem_entry *next;
@@ -130,14 +130,6 @@ static void stop_holding(mem_entry *entry)
     evtimer_del(entry->expiry);
 }
 
-/* A third of the ttl, or half the election's renew_deadline if that is
- * shorter: two renewals fall within every deadline, whatever it is. */
-static double renew_period(ls_election *e)
-{
-    const struct ls_election_view *v = ls_election_view(e);
-    return v->renew_deadline / 2 < v->ttl / 3 ? v->renew_deadline / 2 : v->ttl / 3;
-}
-
 /* Hands the key to the first candidate if it has none, and tells every
  * participant who leads. Each call reports the state as it is now, so
  * re-entrant calls from the engine's hooks are harmless. */
@@ -149,7 +141,7 @@ static void key_settle(mem_key *k)
         holder->holding = true;
         holder->lease_expiry = now + ls_election_view(holder->election)->ttl;
         k->term++;
-        arm(holder->renew, renew_period(holder->election));
+        arm(holder->renew, ls_renew_period(ls_election_view(holder->election)));
         arm(holder->expiry, ls_election_view(holder->election)->ttl);
         ls_election_acquired(holder->election, k->term, now);
         if (k->queue != holder)
@@ -179,7 +171,7 @@ static void renew_cb(evutil_socket_t fd, short what, void *arg)
     mem_entry *entry = arg;
     ls_election *e = entry->election;
     double ttl = ls_election_view(e)->ttl;
-    arm(entry->renew, renew_period(e));
+    arm(entry->renew, ls_renew_period(ls_election_view(e)));
     if (entry->store->renew_fail) {
         ls_election_error(e, "memory store: renewal failed (injected fault)");
         return;

@@ -208,9 +208,7 @@ struct relection {
     uint64_t term; /* ours, while leader */
     double ttl;
     long long ttl_ms;
-    /* a third of the ttl, or half the engine's renew_deadline if that is
-     * shorter: two renewals fall within every deadline, whatever it is */
-    double renew_period;
+    double renew_period; /* ls_renew_period() of the election */
     double not_before;   /* no acquire before this: a resign lets others go first */
     struct event *timer; /* next renew, or next look */
     unsigned refs;       /* 1 while attached, plus one per request in flight */
@@ -1243,9 +1241,7 @@ static void attach(ls_store *store, ls_election *e)
     re->candidate = v->candidate;
     re->ttl = v->ttl;
     re->ttl_ms = (long long)(v->ttl * 1000 + 0.5);
-    re->renew_period = v->ttl / 3;
-    if (v->renew_deadline > 0 && v->renew_deadline / 2 < re->renew_period)
-        re->renew_period = v->renew_deadline / 2;
+    re->renew_period = ls_renew_period(v);
     make_token(re->token, e);
     /* Right after we released the key (a resign), our own acquire would
      * beat the other candidates, who only hear of it by pub/sub. */

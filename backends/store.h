@@ -104,6 +104,14 @@ struct ls_election_view {
     void *backend_data;
 };
 
+/* How often a backend renews the holding of the election v describes: a
+ * third of the ttl, or half its renew_deadline if that is shorter, so that
+ * two renewals fall within every deadline, whatever it is. */
+static inline double ls_renew_period(const struct ls_election_view *v)
+{
+    return v->renew_deadline / 2 < v->ttl / 3 ? v->renew_deadline / 2 : v->ttl / 3;
+}
+
 /* ---- reports from a backend to the engine (loop thread only) ---- */
 
 /* e now holds the key with fencing token `term` (only grows per key). The
