@@ -87,10 +87,13 @@ describe("file:// backend", function()
   end
 
   -- A process that holds holders/<id>'s lock, like a live store: opened
-  -- read-write, so its death raises the same inotify event as a store's.
-  local function fake_holder(dir, id)
+  -- read-write, so its death raises the same inotify event as a store's;
+  -- or, when `silent`, read-only, so its death raises none.
+  local function fake_holder(dir, id, silent)
     local path = dir .. "/holders/" .. id
-    local child = H.spawn({ "sh", "-c", 'exec 3<>"$1" && flock -x 3 && exec sleep 30', "sh", path })
+    if silent then H.write(path, "") end
+    local open = silent and '3<"$1"' or '3<>"$1"'
+    local child = H.spawn({ "sh", "-c", "exec " .. open .. " && flock -x 3 && exec sleep 30", "sh", path })
     children[#children + 1] = child
     assert(H.wait_until(function()
       return H.sh("flock -n -s " .. H.quote(path) .. " true || echo held") ~= ""
@@ -454,12 +457,7 @@ describe("file:// backend", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
     local path = dir .. "/holders/other-2"
-    H.write(path, "")
-    local holder = H.spawn({ "sh", "-c", 'exec 3<"$1" && flock -x 3 && exec sleep 30', "sh", path })
-    children[#children + 1] = holder
-    assert(H.wait_until(function()
-      return H.sh("flock -n -s " .. H.quote(path) .. " true || echo held") ~= ""
-    end, 5, 0.01), "the fake holder never locked its file")
+    local holder = fake_holder(dir, "other-2", true)
     replace(dir .. "/" .. KEY_FILE .. ".lease", record_text("other-2", 4, "other", mono_ns(60)))
     local b, eb = candidate(s, "b")
     b:run()
@@ -485,12 +483,7 @@ describe("file:// backend", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
     local path = dir .. "/holders/other-3"
-    H.write(path, "")
-    local holder = H.spawn({ "sh", "-c", 'exec 3<"$1" && flock -x 3 && exec sleep 30', "sh", path })
-    children[#children + 1] = holder
-    assert(H.wait_until(function()
-      return H.sh("flock -n -s " .. H.quote(path) .. " true || echo held") ~= ""
-    end, 5, 0.01), "the fake holder never locked its file")
+    local holder = fake_holder(dir, "other-3", true)
     local seen = {}
     local f = L.follower(s, KEY)
     made[#made + 1] = f
