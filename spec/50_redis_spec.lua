@@ -39,6 +39,23 @@ describe("redis store", function()
   teardown(function() if srv then srv:stop() end end)
 
   describe("in one process", function()
+    -- Two stores on one new key: a leads at term 1, b waits and has seen
+    -- it (retrying every 50 ms: a waiting candidate fails with the
+    -- connection). Returns s1, s2, log, a, b.
+    local function leader_and_waiter()
+      local s1, s2 = open_store(srv.url), open_store(srv.url)
+      local key = new_key()
+      local log, record = recorder()
+      local a = candidate(s1, key, "a", record)
+      local b = candidate(s2, key, "b", record)
+      b.retry = function() return 0.05 end
+      a:run()
+      assert.truthy(loop_until(function() return a:is_leader() end, 2))
+      b:run()
+      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      return s1, s2, log, a, b
+    end
+
     after_each(function()
       for i = #opened, 1, -1 do
         local object = opened[i]
@@ -117,16 +134,7 @@ describe("redis store", function()
     end)
 
     it("a resign while the connection is down still hands over when it is back", function()
-      local s1, s2 = open_store(srv.url), open_store(srv.url)
-      local key = new_key()
-      local log, record = recorder()
-      local a = candidate(s1, key, "a", record)
-      local b = candidate(s2, key, "b", record)
-      b.retry = function() return 0.05 end -- a waiting candidate fails with the connection
-      a:run()
-      assert.truthy(loop_until(function() return a:is_leader() end, 2))
-      b:run()
-      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      local s1, s2, log, a, b = leader_and_waiter()
       -- both stores' connections drop; a resigns before its store
       -- reconnects (at least 80 ms later)
       srv:cli("CLIENT", "KILL", "TYPE", "normal")
@@ -140,16 +148,7 @@ describe("redis store", function()
     end)
 
     it("a resign whose release the dropped connection never sent still hands over", function()
-      local s1, s2 = open_store(srv.url), open_store(srv.url)
-      local key = new_key()
-      local log, record = recorder()
-      local a = candidate(s1, key, "a", record)
-      local b = candidate(s2, key, "b", record)
-      b.retry = function() return 0.05 end -- a waiting candidate fails with the connection
-      a:run()
-      assert.truthy(loop_until(function() return a:is_leader() end, 2))
-      b:run()
-      assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+      local s1, s2, log, a, b = leader_and_waiter()
       -- the release waits in hiredis's buffer for the loop; the server
       -- drops both stores' connections before the loop runs again
       a:resign()
