@@ -15,6 +15,7 @@
  */
 #include "../../backends/redis.c"
 #include <netinet/in.h>
+#include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
 
@@ -35,6 +36,7 @@ typedef struct peer {
     int fd;
     bool sub;              /* it sent SUBSCRIBE: the pub/sub connection */
     bool known;            /* what it is has been told */
+    short ready;           /* the last poll's revents: bytes, or an end, to read */
     redisReader *commands; /* what the backend sent */
     unsigned asked;        /* commands answered with a reply (SUBSCRIBE's are pushes) */
     unsigned answered;     /* complete replies sent that answer one */
@@ -94,24 +96,95 @@ static void peer_heard(peer *pe, const char *buf, size_t n)
 }
 
 /* Accepts new connections, reads what the backend sent, notices the ones
- * it closed. */
-static void serve(void)
+ * it closed: on new peers and those the last poll found ready. True if it
+ * closed one. */
+static bool serve(void)
 {
+    bool closed = false;
+    /* not polled yet: read up to EAGAIN, as if an end were seen */
     for (int fd;
          npeers < 16 && (fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;)
-        peers[npeers++] = (peer){.fd = fd, .commands = redisReaderCreate()};
+        peers[npeers++] = (peer){.fd = fd, .ready = POLLRDHUP, .commands = redisReaderCreate()};
     for (size_t i = 0; i < npeers;) {
+        if (!peers[i].ready) {
+            i++;
+            continue;
+        }
         char buf[4096];
         ssize_t n = recv(peers[i].fd, buf, sizeof buf, 0);
         if (n == 0 || (n < 0 && errno != EAGAIN)) {
             peer_close(i);
+            closed = true;
             continue;
         }
         if (n > 0)
             peer_heard(&peers[i], buf, (size_t)n);
-        else
+        /* a short read took all there was (the loop has not run since the
+         * poll); an end it saw is still to be read */
+        if (n < 0 ||
+            ((size_t)n < sizeof buf && !(peers[i].ready & (POLLRDHUP | POLLHUP | POLLERR))))
             i++;
     }
+    return closed;
+}
+
+/* What pending() polls: the listener, the peers, then the loop's fds. */
+static struct pollfd waits[1 + 16 + 32];
+static nfds_t nwaits;
+static struct event *clock_probe;
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg) { abort(); }
+
+typedef struct scan {
+    struct timeval now; /* the loop's clock, as event_pending gives times */
+    bool ready;         /* an event active or a timer due, or too many fds to poll */
+} scan;
+
+/* Adds ev's fd to the poll; notes a timer due by now. */
+static int scan_event(const struct event_base *base, const struct event *ev, void *arg)
+{
+    scan *sc = arg;
+    short what = event_get_events(ev);
+    struct timeval at;
+    if (ev == clock_probe)
+        return 0;
+    if ((what & (EV_READ | EV_WRITE)) && nwaits == sizeof waits / sizeof waits[0])
+        sc->ready = true;
+    else if (what & (EV_READ | EV_WRITE))
+        waits[nwaits++] = (struct pollfd){
+            .fd = event_get_fd(ev),
+            .events = (short)((what & EV_READ ? POLLIN : 0) | (what & EV_WRITE ? POLLOUT : 0))};
+    if (event_pending(ev, EV_TIMEOUT, &at) && !evutil_timercmp(&at, &sc->now, >))
+        sc->ready = true;
+    return 0;
+}
+
+/* What a round would do: *server, serve() has a connection to accept or a
+ * peer to read; *loop, the loop has an event active, a timer due or an fd
+ * ready for its event. Neither: no round after would do anything either. */
+static void pending(bool *server, bool *loop)
+{
+    struct event_base *base = ls_loop_base();
+    if (!clock_probe)
+        clock_probe = evtimer_new(base, probe_cb, NULL);
+    /* a zero timer's deadline is now on the loop's own clock */
+    static const struct timeval zero = {0, 0};
+    scan sc = {.ready = event_base_get_num_events(base, EVENT_BASE_COUNT_ACTIVE) > 0};
+    evtimer_add(clock_probe, &zero);
+    event_pending(clock_probe, EV_TIMEOUT, &sc.now);
+    waits[0] = (struct pollfd){.fd = listener, .events = npeers < 16 ? POLLIN : 0};
+    for (size_t i = 0; i < npeers; i++)
+        waits[1 + i] = (struct pollfd){.fd = peers[i].fd, .events = POLLIN | POLLRDHUP};
+    nwaits = 1 + npeers;
+    event_base_foreach_event(base, scan_event, &sc);
+    evtimer_del(clock_probe);
+    FUZZ_ASSERT(poll(waits, nwaits, 0) >= 0);
+    *server = waits[0].revents != 0;
+    for (size_t i = 0; i < npeers; i++)
+        *server |= (peers[i].ready = waits[1 + i].revents) != 0;
+    *loop = sc.ready;
+    for (nfds_t i = 1 + npeers; i < nwaits; i++)
+        *loop |= waits[i].revents != 0;
 }
 
 /* A push hiredis can route on a subscribed connection: "message" or
@@ -196,11 +269,19 @@ static int newest(bool sub)
     return -1;
 }
 
+/* Up to 4 rounds of serve() and the loop, while either has anything to do.
+ * The loop also runs after serve() closed a peer: the backend has an end
+ * to read. What serve() reads gives it nothing: its commands never fill a
+ * loopback socket's buffer, so none of its writes waits on one. */
 static void step_loop(void)
 {
     for (int i = 0; i < 4; i++) {
-        serve();
-        fuzz_drain_loop();
+        bool server, loop;
+        pending(&server, &loop);
+        if (!server && !loop)
+            break;
+        if ((server && serve()) || loop)
+            fuzz_drain_loop();
     }
 }
 
