@@ -700,13 +700,13 @@ static void store_schedule_renew(file_store *fs)
         evtimer_del(fs->renew);
 }
 
-/* Notes a busy key mutex and tries again shortly. */
-static void entry_busy(file_entry *en)
+/* Notes a busy key mutex (on_error hears of a long spell) and returns when
+ * to try again. */
+static double entry_busy(file_entry *en)
 {
     double now = ls_now();
     if (en->busy_since == 0)
         en->busy_since = now;
-    arm(en->wake, now - en->busy_since < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW);
     if (!en->stall_reported && now - en->busy_since > MUTEX_STALL_REPORT) {
         en->stall_reported = true;
         char msg[600];
@@ -716,6 +716,7 @@ static void entry_busy(file_entry *en)
                  en->key.mutex_path, MUTEX_STALL_REPORT);
         entry_error(en, msg);
     }
+    return now - en->busy_since < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW;
 }
 
 /* No one else's lease is seen (any more): nothing to re-check. */
@@ -766,7 +767,7 @@ static void entry_acquire(file_entry *en)
     double sent_at = ls_now();
     int lock = mutex_take(&en->key, err, sizeof err);
     if (lock == MUTEX_BUSY) {
-        entry_busy(en);
+        arm(en->wake, entry_busy(en));
         return;
     }
     if (lock < 0) {
@@ -905,7 +906,7 @@ static void entry_renew(file_entry *en)
     double sent_at = ls_now();
     int lock = mutex_take(&en->key, err, sizeof err);
     if (lock == MUTEX_BUSY) {
-        en->renew_at = sent_at + MUTEX_RETRY;
+        en->renew_at = sent_at + entry_busy(en);
         return;
     }
     if (lock < 0) {
@@ -913,6 +914,8 @@ static void entry_renew(file_entry *en)
         entry_error(en, err);
         return;
     }
+    en->busy_since = 0;
+    en->stall_reported = false;
     lease_record r;
     if (record_read(&en->key, &r, err, sizeof err) < 0) {
         close(lock);

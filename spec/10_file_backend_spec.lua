@@ -533,6 +533,45 @@ describe("file:// backend", function()
     c:stop()
   end)
 
+  -- This process's voluntary context switches: how often the loop slept.
+  local function wakeups()
+    for line in io.lines("/proc/self/status") do
+      local n = line:match("^voluntary_ctxt_switches:%s*(%d+)")
+      if n then return tonumber(n) end
+    end
+  end
+
+  -- A leader whose renewal found the key mutex busy tried again every 2 ms
+  -- for as long as it stayed busy (500 wake-ups a second) and never told
+  -- on_error, unlike a candidate's campaign.
+  it("renews through a busy key mutex slowly, and reports a long spell", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local mutex = dir .. "/" .. KEY_FILE .. ".mutex"
+    local c, ec = candidate(s, "c", KEY, { ttl = 6, renew_deadline = 4.5 })
+    c:run()
+    assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
+    local locker = H.spawn({ "flock", "-x", mutex, "sleep", "4" })
+    children[#children + 1] = locker
+    assert(H.wait_until(function()
+      return H.sh("flock -n -s " .. H.quote(mutex) .. " true || echo held") ~= ""
+    end, 5, 0.01), "the mutex was never locked")
+    -- the renewal due at ttl/3 = 2 s finds it busy until 4 s, the deadline 4.5 s
+    assert.truthy(wait_for(function() return find(ec, "error") end, 3.5), dump(ec))
+    assert.matches("locked for over 1 s", find(ec, "error").a)
+    assert.is_true(c:is_leader())
+    -- still busy: retries every 20 ms wake the loop some 50 times in 0.5 s
+    local before = wakeups()
+    L.sleep(0.5)
+    assert.is_true(wakeups() - before < 100, "woke " .. (wakeups() - before) .. " times in 0.5 s")
+    assert.truthy(wait_for(function() return H.sh("flock -n -s " .. H.quote(mutex) .. " true || echo held") == "" end, 4))
+    L.sleep(0.2) -- the next retry renews
+    assert.is_true(c:is_leader(), dump(ec))
+    assert.equal(1, c:term())
+    assert.is_nil(find(ec, "lost"), dump(ec))
+    c:stop()
+  end)
+
   it("loses a lease taken behind its back, and sees the new holder", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
