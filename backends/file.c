@@ -276,7 +276,10 @@ static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err
     char prefix[HOLDER_ID_MAX + 8];
     snprintf(prefix, sizeof prefix, "/.tmp-%s-", fs->holder_id);
     char *tmp = join(fs->dir, prefix, strrchr(path, '/') + 1);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* the name is ours alone: whatever is there (a crash's leftover, or a
+     * FIFO or link someone left) goes, and a new file is made */
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "file store: cannot write '%s': %s", tmp, strerror(errno));
         free(tmp);

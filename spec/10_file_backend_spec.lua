@@ -318,24 +318,29 @@ describe("file:// backend", function()
   -- read: opening one for reading blocked until a writer came, and the
   -- whole loop (a leader's deadline with it) waited. Each FIFO here gets
   -- writers from 3 s on, so the old code hangs that long, not for ever.
-  it("never blocks on a FIFO left where a record, term, mutex or holder file goes", function()
+  -- A FIFO where a record is written first (the store's own temporary
+  -- file) blocked the same way, for a reader.
+  it("never blocks on a FIFO left where a record, term, mutex, holder or temporary file goes", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
     local base = dir .. "/" .. KEY_FILE
+    local ours = H.sh("ls " .. H.quote(dir .. "/holders")):match("[^\n]+")
     local cases = {
       { fifo = base .. ".lease" },
       { fifo = base .. ".term" },
       { fifo = base .. ".mutex" },
       { fifo = dir .. "/holders/fifo-1",
         record = record_text("fifo-1", 7, "fifo", mono_ns(60)) },
+      { fifo = dir .. "/.tmp-" .. ours .. "-" .. KEY_FILE .. ".lease", read = true },
     }
     for _, case in ipairs(cases) do
       os.remove(base .. ".lease"); os.remove(base .. ".term"); os.remove(base .. ".mutex")
       assert(os.execute("mkfifo " .. H.quote(case.fifo)))
       if case.record then replace(base .. ".lease", case.record) end
-      -- opens it for writing (each open lets one blocked reader through)
-      -- for as long as it is a FIFO
-      local unblock = H.spawn({ "sh", "-c", 'sleep 3; while [ -p "$1" ]; do : >"$1"; done', "sh", case.fifo })
+      -- opens it for writing (each open lets one blocked reader through),
+      -- or reading, for as long as it is a FIFO
+      local open = case.read and 'cat "$1" >/dev/null' or ': >"$1"'
+      local unblock = H.spawn({ "sh", "-c", 'sleep 3; while [ -p "$1" ]; do ' .. open .. '; done', "sh", case.fifo })
       children[#children + 1] = unblock
       local t0 = L.now()
       local c, ev = candidate(s, "c")
