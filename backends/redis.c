@@ -1416,8 +1416,12 @@ static int redis_open(ls_store *store, const ls_store_config *cfg, char *err, si
     double poll = 2;
     if (ls_config_seconds(cfg, "poll_interval", &poll, err, errlen) < 0)
         goto fail;
-    if (poll < 0.01) {
-        snprintf(err, errlen, "redis store option 'poll_interval' must be at least 10ms");
+    /* past what a timer holds (math.huge arrives as "inf") a wait wraps to
+     * none: a follower of a vacant key read the key without pause */
+    if (!(poll >= 0.01 && poll <= 3600)) {
+        snprintf(err, errlen,
+                 "redis store option 'poll_interval' must be between 10ms and 3600s (got '%s')",
+                 ls_config_get(cfg, "poll_interval"));
         goto fail;
     }
 

@@ -1,0 +1,62 @@
+-- The Redis backend's edges, against a real redis-server on 127.0.0.1:
+-- option limits, and what one process does with its own leases when the
+-- server turns a request down.
+local L = require "leadership"
+local R = require "redis"
+local Rec = require "record"
+
+local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
+
+local new_key = Rec.keys("redis-review")
+local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
+
+describe("redis store edges", function()
+  if not have then return end
+  local srv
+  local opened = {}
+  local function keep(object)
+    opened[#opened + 1] = object
+    return object
+  end
+
+  setup(function() srv = R.start() end)
+  teardown(function() if srv then srv:stop() end end)
+
+  after_each(function()
+    for i = #opened, 1, -1 do
+      local object = opened[i]
+      if object.stop then pcall(object.stop, object) end
+      pcall(object.close, object)
+      opened[i] = nil
+    end
+    Rec.nothing_alive(3, 1)
+  end)
+
+  -- a store that cannot open is nil, message (bad options raise)
+  local function open_error(url, options)
+    local ok, store, err = pcall(L.store, url, options)
+    if ok and store then keep(store) end
+    assert.is_nil(ok and store or nil, "the store opened")
+    return ok and err or store
+  end
+
+  it("refuses a poll_interval too long for a timer, naming it", function()
+    -- math.huge wrapped to no wait at all: a follower of a vacant key
+    -- read it some 40,000 times a second
+    assert.matches("'poll_interval' must be between 10ms and 3600s %(got 'inf'%)",
+                   open_error(srv.url, { poll_interval = math.huge }))
+    assert.matches("'poll_interval' must be between", open_error(srv.url .. "?poll_interval=1e300"))
+    assert.matches("'poll_interval' must be between", open_error(srv.url .. "?poll_interval=5ms"))
+    -- the longest allowed waits: a vacant key is read once, then on news
+    local s = keep(assert(L.store(srv.url, { poll_interval = 3600 })))
+    local before = tonumber(srv:cli("INFO", "commandstats"):match("cmdstat_evalsha:calls=(%d+)") or "0")
+    local log, record = recorder()
+    local f = keep(Rec.follower(s, new_key(), "f", record))
+    f:run()
+    assert.truthy(loop_until(function() return find(log, "^f sees nil") end, 2), table.concat(log, "\n"))
+    L.sleep(0.3)
+    local after = tonumber(srv:cli("INFO", "commandstats"):match("cmdstat_evalsha:calls=(%d+)") or "0")
+    assert.truthy(after - before <= 3, (after - before) .. " reads in 0.3 s")
+    f:stop(); s:close()
+  end)
+end)
