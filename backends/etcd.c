@@ -143,6 +143,7 @@ struct lease {
 struct release {
     etcd *s;
     char *name;
+    int64_t lease_id; /* the key's: it lives as long as that lease */
     call *call;
     struct event *timer;
     unsigned attempts;
@@ -1342,12 +1343,28 @@ static void release_end(release *r)
     bg_end(s);
 }
 
+/* Is lease `id` still kept alive by this store? */
+static bool lease_lives(etcd *s, int64_t id)
+{
+    for (lease *l = s->leases; l; l = l->next)
+        if (l->alive && l->id == id)
+            return true;
+    return false;
+}
+
 static void release_deleted(void *arg, json_t *reply, const char *err, double sent_at)
 {
     release *r = arg;
     r->call = NULL;
-    if (err && ++r->attempts < 5 && !r->s->closing) {
-        struct timeval tv = {0, 200000 * r->attempts};
+    /* a lease other elections keep alive would keep the key, and with it
+     * the leadership, for good: no giving up on it (etcd restarting) */
+    if (err && !r->s->closing && (++r->attempts < 5 || lease_lives(r->s, r->lease_id))) {
+        if (r->attempts == 5)
+            ls_log(LS_WARN,
+                   "etcd: could not delete key '%s' yet, trying on while its lease lives: %s",
+                   r->name, err);
+        double delay = 0.2 * (r->attempts < 5 ? r->attempts : 5);
+        struct timeval tv = {(time_t)delay, (suseconds_t)((delay - (time_t)delay) * 1e6)};
         evtimer_add(r->timer, &tv);
         return;
     }
@@ -1383,11 +1400,12 @@ static void release_after_create(void *arg, json_t *reply, const char *err, doub
 /* Starts deleting name. If `pending` (a create of that key in flight) is
  * given, the deletion waits for it, so the two cannot pass each other on
  * different connections. */
-static void release_start(etcd *s, const char *name, call *pending)
+static void release_start(etcd *s, const char *name, int64_t lease_id, call *pending)
 {
     release *r = calloc(1, sizeof *r);
     r->s = s;
     r->name = strdup(name);
+    r->lease_id = lease_id;
     r->timer = evtimer_new(ls_loop_base(), release_timer_cb, r);
     r->next = s->releases;
     s->releases = r;
@@ -1437,9 +1455,9 @@ static void entry_end(entry *en)
     entry_unwatch(en);
     if (en->candidate && en->name && en->lease && en->lease->alive) {
         if (en->state == E_CREATING)
-            release_start(s, en->name, en->call); /* takes the call over */
+            release_start(s, en->name, en->lease->id, en->call); /* takes the call over */
         else if (en->state == E_CHECKING || en->state == E_WAITING || en->state == E_LEADER)
-            release_start(s, en->name, NULL);
+            release_start(s, en->name, en->lease->id, NULL);
         if (en->state == E_CREATING)
             en->call = NULL;
     }
