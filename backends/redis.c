@@ -643,6 +643,10 @@ static void acquire_reply(rreq *req, redisReply *r)
         return;
     }
     if (r->element[0]->integer == 1) {
+        /* ours, from an acquire that ran after our release was refused:
+         * that release, owed, would now delete a live lease */
+        if (!strcmp(re->k->release_token, re->token))
+            re->k->release_token[0] = '\0';
         key_saw(re->k, l.term);
         re->leader = true;
         re->term = l.term;
@@ -733,22 +737,39 @@ static void read_reply(rreq *req, redisReply *r)
     }
 }
 
+static void report_waiting(relection *re, const char *message)
+{
+    if (re->candidate && !re->leader)
+        ls_election_error(re->e, message);
+}
+
 static void release_reply(rreq *req, redisReply *r)
 {
+    rstore *st = req->st;
     rkey *k = req->release_key;
-    if (!r && !req->st->closing && !k->release_token[0]) {
-        /* The connection went first: the release may never have reached
-         * the server, and our next acquire would find our lease and keep
-         * it (a resign undone). Owed again, it goes first on the next
-         * connection, before any acquire. If it did run, running it again
-         * deletes at most a lease no reply told us of: every later request
-         * on that connection lost its reply too. */
+    if (r && r->type != REDIS_REPLY_ERROR)
+        return;
+    if (r)
+        ls_log_event(LS_WARN, "redis release failed", "key", k->key, "error", r->str, NULL);
+    if (st->closing)
+        return;
+    /* The connection went first, or the server turned it down (BUSY with
+     * a slow script, MISCONF, OOM): our next acquire would find our lease
+     * and keep it (a resign undone). Owed again, it goes before our next
+     * acquire of k, on this connection or the next. If a lost one did run,
+     * running it again deletes at most a lease no reply told us of: every
+     * later request on that connection lost its reply too. */
+    if (!k->release_token[0]) {
         snprintf(k->release_token, sizeof k->release_token, "%s", req->argv[4]);
         k->release_by_leader = req->release_by_leader;
-        return;
     }
-    if (r && r->type == REDIS_REPLY_ERROR)
-        ls_log_event(LS_WARN, "redis release failed", "key", req->argv[3], "error", r->str, NULL);
+    if (r) {
+        /* our candidates of k wait for it: say why */
+        char msg[512];
+        snprintf(msg, sizeof msg, "redis %s: release of '%s' failed: %.*s", st->server, k->key,
+                 (int)r->len, r->str);
+        each_election(st, k, report_waiting, msg);
+    }
 }
 
 /* Deletes k if token still holds it. True if sent. By EVAL, not EVALSHA:
@@ -775,6 +796,39 @@ static bool send_release(rstore *st, rkey *k, const char *token, bool by_leader,
         ls_loop_hold();
     }
     return true;
+}
+
+/* When re may acquire after one of ours released its key as leader. */
+static double after_release(const relection *re)
+{
+    return re->k->released_at + min_d(re->ttl / 4, 0.2);
+}
+
+/* One of ours just gave up k as leader (a resign): our candidates for k
+ * wait a moment, so the others, who hear of it by pub/sub, go first. */
+static void released_by_leader(rstore *st, rkey *k)
+{
+    k->released_at = ls_now();
+    for (relection *re = st->elections; re; re = re->next)
+        if (re->k == k && re->candidate && re->e)
+            re->not_before = after_release(re);
+}
+
+/* Sends k's owed release, if any: it must run before any acquire of k. */
+static void send_owed_release(rstore *st, rkey *k)
+{
+    if (!k->release_token[0])
+        return;
+    /* not behind an acquire with its token: that one may win, and this
+     * would delete the lease it reports (if it wins, nothing is owed) */
+    for (relection *re = st->elections; re; re = re->next)
+        if (re->k == k && re->busy == OP_ACQUIRE && !strcmp(re->token, k->release_token))
+            return;
+    if (send_release(st, k, k->release_token, k->release_by_leader, false)) {
+        k->release_token[0] = '\0';
+        if (k->release_by_leader)
+            released_by_leader(st, k);
+    }
 }
 
 static void send_acquire(relection *re)
@@ -827,6 +881,8 @@ static void step(relection *re)
         conn_want(c);
         return;
     }
+    if (re->candidate && !re->leader)
+        send_owed_release(re->st, re->k);
     double now = ls_now();
     if (re->candidate && !re->leader && now < re->not_before) {
         arm(re->timer, re->not_before - now);
@@ -958,22 +1014,6 @@ static void conn_fatal(rconn *c, const char *message)
 
 static void subscribe(rstore *st, rkey *k);
 
-/* When re may acquire after one of ours released its key as leader. */
-static double after_release(const relection *re)
-{
-    return re->k->released_at + min_d(re->ttl / 4, 0.2);
-}
-
-/* One of ours just gave up k as leader (a resign): our candidates for k
- * wait a moment, so the others, who hear of it by pub/sub, go first. */
-static void released_by_leader(rstore *st, rkey *k)
-{
-    k->released_at = ls_now();
-    for (relection *re = st->elections; re; re = re->next)
-        if (re->k == k && re->candidate && re->e)
-            re->not_before = after_release(re);
-}
-
 static void conn_ready(rconn *c)
 {
     rstore *st = c->st;
@@ -992,14 +1032,8 @@ static void conn_ready(rconn *c)
             subscribe(st, k);
     } else {
         /* owed releases first: they must run before any new acquire */
-        for (rkey *k = st->keys; k; k = k->next) {
-            if (k->release_token[0] &&
-                send_release(st, k, k->release_token, k->release_by_leader, false)) {
-                k->release_token[0] = '\0';
-                if (k->release_by_leader)
-                    released_by_leader(st, k);
-            }
-        }
+        for (rkey *k = st->keys; k; k = k->next)
+            send_owed_release(st, k);
         each_election(st, NULL, step_cb, NULL);
     }
 }

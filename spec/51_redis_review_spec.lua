@@ -59,4 +59,37 @@ describe("redis store edges", function()
     assert.truthy(after - before <= 3, (after - before) .. " reads in 0.3 s")
     f:stop(); s:close()
   end)
+
+  it("a resign whose release the server refused (BUSY) still hands over once it answers", function()
+    local s1, s2 = keep(assert(L.store(srv.url))), keep(assert(L.store(srv.url)))
+    local key = new_key()
+    local log, record = recorder()
+    local a = keep(Rec.candidate(s1, key, "a", record, { ttl = 5 }))
+    local b = keep(Rec.candidate(s2, key, "b", record, { ttl = 5 }))
+    a.retry = function() return 0.05 end
+    b.retry = function() return 0.05 end
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 2))
+    b:run()
+    assert.truthy(loop_until(function() return find(log, "^b sees a 1$") end, 2))
+    -- a script that runs 1 s: after 0.1 s every other command hears BUSY
+    assert.equal("OK", srv:cli("CONFIG", "SET", "busy-reply-threshold", "100"))
+    local slow = H.spawn({ "env", "-u", "LD_PRELOAD", "redis-cli", "-p", tostring(srv.port), "EVAL",
+      "local t0 = tonumber(redis.call('TIME')[1]) * 1e6 + tonumber(redis.call('TIME')[2]) " ..
+      "while true do local t = redis.call('TIME') " ..
+      "if tonumber(t[1]) * 1e6 + tonumber(t[2]) - t0 > 1e6 then return 1 end end", "0" })
+    finally(function() H.stop(slow) end)
+    assert.truthy(H.wait_until(function() return srv:cli("PING"):match("^BUSY") end, 2, 0.02))
+    local seen = #log
+    a:resign() -- its release hears BUSY
+    assert.truthy(loop_until(function() return find(log, "^a error .*BUSY", seen + 1) end, 1),
+                  table.concat(log, "\n"))
+    assert.truthy(loop_until(function() return a:is_leader() or b:is_leader() end, 4),
+                  table.concat(log, "\n"))
+    assert.is_true(b:is_leader(), table.concat(log, "\n"))
+    assert.equal(2, b:term())
+    assert.equal(1, Rec.count(log, "^a elected"), table.concat(log, "\n"))
+    assert.truthy(find(log, "^a error .*release of .*BUSY"), table.concat(log, "\n"))
+    a:stop(); b:stop(); s1:close(); s2:close()
+  end)
 end)
