@@ -62,6 +62,7 @@ struct call {
     struct event *timer; /* retry delay */
     size_t endpoint;     /* member of the current attempt */
     unsigned attempts;
+    double timeout; /* of each attempt, seconds */
     bool auth_retried;
     bool waiting_auth;
     bool auth_failed;  /* to be finished with the authentication error */
@@ -518,7 +519,7 @@ static void call_send(call *c)
     const char *headers[3];
     snprintf(url, sizeof url, "%s%s", s->endpoints[c->endpoint], c->path);
     c->req = ls_http_send(c->via, "POST", url, request_headers(s, headers, auth, authlen), c->body,
-                          strlen(c->body), s->timeout, call_done, c);
+                          strlen(c->body), c->timeout, call_done, c);
     free(auth);
     if (!c->req) {
         /* libcurl refused to set it up: try again shortly */
@@ -527,11 +528,14 @@ static void call_send(call *c)
     }
 }
 
-/* Sends body (taken) to path; fn(ctx, ...) once, unless call_cancel. */
-static call *call_start(etcd *s, const char *path, json_t *body, call_fn fn, void *ctx)
+/* Sends body (taken) to path, each attempt given timeout seconds before
+ * the next member is tried; fn(ctx, ...) once, unless call_cancel. */
+static call *call_start_within(etcd *s, const char *path, json_t *body, call_fn fn, void *ctx,
+                               double timeout)
 {
     call *c = calloc(1, sizeof *c);
     c->s = s;
+    c->timeout = timeout;
     c->path = strdup(path);
     c->body = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -545,6 +549,12 @@ static call *call_start(etcd *s, const char *path, json_t *body, call_fn fn, voi
     s->calls = c;
     call_send(c);
     return c;
+}
+
+/* The same with the store's timeout. */
+static call *call_start(etcd *s, const char *path, json_t *body, call_fn fn, void *ctx)
+{
+    return call_start_within(s, path, body, fn, ctx, s->timeout);
 }
 
 static void call_cancel(call *c)
@@ -1009,6 +1019,19 @@ static double lease_period(const lease *l)
     return period;
 }
 
+/* How long a grant or keepalive of l may wait on one member. A leader's
+ * deadline is renew_deadline (at least two periods) after the last
+ * acknowledged keepalive, and the next is sent a period after it: a
+ * member that hangs rather than refuses may have half the period, so
+ * that the retry on the next one still answers in time. The store's
+ * timeout (5 s by default) would outlast the deadline of any ttl up to
+ * 15 s. */
+static double lease_call_timeout(const lease *l)
+{
+    double half = lease_period(l) / 2, store = l->s->timeout;
+    return store > 0 && store < half ? store : half;
+}
+
 /* The entries on l now: a report may cancel any of them, which unlinks it
  * (but frees it only later, see leave), so loops run over a copy. */
 static entry **lease_snapshot(lease *l, size_t *n)
@@ -1121,7 +1144,8 @@ static void lease_grant(lease *l)
     if (l->call)
         return;
     json_t *body = json_pack("{s:I}", "TTL", (json_int_t)lease_ttl_asked(l));
-    l->call = call_start(l->s, "/v3/lease/grant", body, lease_granted, l);
+    l->call =
+        call_start_within(l->s, "/v3/lease/grant", body, lease_granted, l, lease_call_timeout(l));
 }
 
 static void lease_kept(void *arg, json_t *reply, const char *err, double sent_at)
@@ -1202,7 +1226,8 @@ static void lease_keepalive(lease *l)
         return;
     l->probe = false;
     json_t *body = json_pack("{s:o}", "ID", jnum(l->id));
-    l->call = call_start(l->s, "/v3/lease/keepalive", body, lease_kept, l);
+    l->call =
+        call_start_within(l->s, "/v3/lease/keepalive", body, lease_kept, l, lease_call_timeout(l));
 }
 
 static void lease_timer_cb(evutil_socket_t fd, short what, void *arg)
