@@ -11,13 +11,7 @@ local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
 local new_key = Rec.keys("redis")
 local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
 
--- Everything a test opens, so after_each can stop it even when the test
--- failed halfway (and the leak check then tests the backend, not the test).
-local opened = {}
-local function keep(object)
-  opened[#opened + 1] = object
-  return object
-end
+local keep, close_kept = Rec.keeper()
 
 local function open_store(url, options)
   return keep(assert(L.store(url, options)))
@@ -57,12 +51,7 @@ describe("redis store", function()
     end
 
     after_each(function()
-      for i = #opened, 1, -1 do
-        local object = opened[i]
-        if object.stop then pcall(object.stop, object) end
-        pcall(object.close, object)
-        opened[i] = nil
-      end
+      close_kept()
       Rec.nothing_alive(3, 1)
     end)
 

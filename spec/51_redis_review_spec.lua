@@ -13,22 +13,13 @@ local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
 describe("redis store edges", function()
   if not have then return end
   local srv
-  local opened = {}
-  local function keep(object)
-    opened[#opened + 1] = object
-    return object
-  end
+  local keep, close_kept = Rec.keeper()
 
   setup(function() srv = R.start() end)
   teardown(function() if srv then srv:stop() end end)
 
   after_each(function()
-    for i = #opened, 1, -1 do
-      local object = opened[i]
-      if object.stop then pcall(object.stop, object) end
-      pcall(object.close, object)
-      opened[i] = nil
-    end
+    close_kept()
     Rec.nothing_alive(3, 1)
   end)
 

@@ -119,4 +119,25 @@ function R.nothing_alive(settle, after)
   assert(#left_running == 0, "the spec left elections running: " .. table.concat(left_running, ", "))
 end
 
+-- Everything a spec opens (stores, elections), so its after_each can stop
+-- and close it even when the test failed halfway (and the leak check then
+-- tests the backend, not the test): keep(object) returns object;
+-- close_kept() stops and closes all, newest first.
+function R.keeper()
+  local opened = {}
+  local function keep(object)
+    opened[#opened + 1] = object
+    return object
+  end
+  local function close_kept()
+    for i = #opened, 1, -1 do
+      local object = opened[i]
+      if object.stop then pcall(object.stop, object) end
+      pcall(object.close, object)
+      opened[i] = nil
+    end
+  end
+  return keep, close_kept
+end
+
 return R
