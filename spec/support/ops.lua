@@ -25,10 +25,13 @@ function O.wait_status(status, timeout)
   return H.wait_until(status, timeout or 10, 0.02)
 end
 
+-- ps runs without the sanitizer preload of `make asan test`: with libasan
+-- preloaded, procps' ps hangs at start-up (textdomain's lock), every time.
+
 -- Live (not zombie) processes of process group pgid: a list of pids.
 function O.group(pgid)
   local pids = {}
-  for pid, group, stat in H.sh("ps -eo pid=,pgid=,stat="):gmatch("(%d+)%s+(%d+)%s+(%S+)") do
+  for pid, group, stat in H.sh("env -u LD_PRELOAD ps -eo pid=,pgid=,stat="):gmatch("(%d+)%s+(%d+)%s+(%S+)") do
     if tonumber(group) == pgid and not stat:match("^Z") then pids[#pids + 1] = tonumber(pid) end
   end
   return pids
@@ -37,7 +40,7 @@ end
 -- { pid, ppid, pgid, comm } of every process.
 function O.processes()
   local list = {}
-  for pid, ppid, pgid, comm in H.sh("ps -eo pid=,ppid=,pgid=,comm="):gmatch("(%d+)%s+(%d+)%s+(%d+)%s+(%S+)") do
+  for pid, ppid, pgid, comm in H.sh("env -u LD_PRELOAD ps -eo pid=,ppid=,pgid=,comm="):gmatch("(%d+)%s+(%d+)%s+(%d+)%s+(%S+)") do
     list[#list + 1] = { pid = tonumber(pid), ppid = tonumber(ppid), pgid = tonumber(pgid), comm = comm }
   end
   return list
