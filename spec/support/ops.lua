@@ -25,8 +25,9 @@ function O.wait_status(status, timeout)
   return H.wait_until(status, timeout or 10, 0.02)
 end
 
--- ps runs without the sanitizer preload of `make asan test`: with libasan
--- preloaded, procps' ps hangs at start-up (textdomain's lock), every time.
+-- ps and curl run without the sanitizer preload of `make asan test`: with
+-- libasan preloaded both hang at start-up (ps on textdomain's lock, every
+-- time; curl in a futex, every time).
 
 -- Live (not zombie) processes of process group pgid: a list of pids.
 function O.group(pgid)
@@ -52,7 +53,7 @@ end
 
 -- GET url with curl (for servers of other processes): code, body.
 function O.get(url)
-  local out = H.sh(("curl -s --max-time 3 -w '\\n%%{http_code}' %s"):format(H.quote(url)))
+  local out = H.sh(("env -u LD_PRELOAD curl -s --max-time 3 -w '\\n%%{http_code}' %s"):format(H.quote(url)))
   local body, code = out:match("^(.*)\n(%d+)$")
   return tonumber(code), body
 end
@@ -62,7 +63,7 @@ end
 function O.get_here(url, method)
   local L = require "leadership"
   local dir = H.tmpdir("curl")
-  H.spawn({ "sh", "-c", ('curl -s --max-time 3 %s -o "$0/body" -w "%%{http_code}" "$1" > "$0/code.tmp" && mv "$0/code.tmp" "$0/code"')
+  H.spawn({ "sh", "-c", ('unset LD_PRELOAD; curl -s --max-time 3 %s -o "$0/body" -w "%%{http_code}" "$1" > "$0/code.tmp" && mv "$0/code.tmp" "$0/code"')
             :format(method and ("-X " .. method) or ""), dir, url }, { dir = dir })
   local deadline = L.now() + 5
   local code
