@@ -55,7 +55,7 @@ describe("leadership exec", function()
     local dir = tmp()
     local url = "file://" .. dir .. "/store"
     local argv = { H.bin, "exec", "--store", url, "--key", "svc/one", "--node", "n1", "--ttl", "2", "--",
-                   "sh", "-c", 'echo "$LEADERSHIP_TERM $LEADERSHIP_KEY $LEADERSHIP_NODE $$ $(ps -o pgid= -p $$)"; exit 7' }
+                   "sh", "-c", 'echo "$LEADERSHIP_TERM $LEADERSHIP_KEY $LEADERSHIP_NODE $$ $(env -u LD_PRELOAD ps -o pgid= -p $$)"; exit 7' }
     local proc, status = O.spawn_status(argv, { dir = dir, name = "n1" })
     track(proc)
     local code = O.wait_status(status, 10)
