@@ -53,6 +53,10 @@
 
 /* ---- the server-side scripts ---- */
 
+/* PUBLISH only wakes watchers, who poll as well: it goes by redis.pcall,
+ * so a user without channel rights (Redis 7's ACL default) still gets the
+ * writes before it, which a failed script would keep but not report. */
+
 enum { SCRIPT_ACQUIRE, SCRIPT_RENEW, SCRIPT_RELEASE, SCRIPT_READ, NSCRIPTS };
 
 /* KEYS: lease, counter. ARGV: token, value, ttl ms, floor term, channel.
@@ -84,7 +88,7 @@ static const char acquire_script[] =
     "local term = redis.call('INCR', KEYS[2])\n"
     "local lease = term .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2]\n"
     "redis.call('SET', KEYS[1], lease, 'NX', 'PX', ARGV[3])\n"
-    "redis.call('PUBLISH', ARGV[5], lease)\n"
+    "redis.pcall('PUBLISH', ARGV[5], lease)\n"
     "return {1, lease}\n";
 
 /* KEYS: lease, counter. ARGV: term, token, ttl ms, value, channel.
@@ -111,7 +115,7 @@ static const char renew_script[] =
     "local count = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
     "if count < term then redis.call('SET', KEYS[2], term) end\n"
     "redis.call('SET', KEYS[1], mine .. ARGV[4], 'PX', ARGV[3])\n"
-    "redis.call('PUBLISH', ARGV[5], mine .. ARGV[4])\n"
+    "redis.pcall('PUBLISH', ARGV[5], mine .. ARGV[4])\n"
     "return 1\n";
 
 /* KEYS: lease. ARGV: token, channel. Deletes the lease only if ours. */
@@ -121,7 +125,7 @@ static const char release_script[] =
     "local _, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n')\n"
     "if holder ~= ARGV[1] then return 0 end\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('PUBLISH', ARGV[2], '')\n"
+    "redis.pcall('PUBLISH', ARGV[2], '')\n"
     "return 1\n";
 
 /* KEYS: lease. {} when vacant, else {lease, pttl}: one atomic read. */
@@ -160,6 +164,8 @@ struct rconn {
     bool retry_scheduled; /* the timer, while down, is a reconnect */
     rreq *head, *tail;    /* requests awaiting a reply, oldest first */
     unsigned handshake_left;
+    bool confirmed;       /* subscriber: a SUBSCRIBE confirmed on this connection */
+    unsigned unconfirmed; /* subscriber: connections in a row dropped before that */
 };
 
 /* Per key: names and the highest term seen, kept for the store's life so
@@ -965,6 +971,31 @@ static void report_loss(relection *re, const char *message)
 
 static void report_fatal(relection *re, const char *message) { fail(re, message); }
 
+static void report_error(relection *re, const char *message)
+{
+    if (re->e)
+        ls_election_error(re->e, message);
+}
+
+/* The subscriber lost again before any SUBSCRIBE was confirmed: the server
+ * turns our subscriptions down (an ACL user without channel rights) or
+ * drops us for them. Elections poll without it; it is told once, and
+ * asked again at most every 30 s instead of every second. */
+static double subscriber_refused(rconn *c, const char *why)
+{
+    rstore *st = c->st;
+    if (++c->unconfirmed == 2) {
+        char msg[600];
+        snprintf(msg, sizeof msg,
+                 "redis %s: the pub/sub connection is dropped before any SUBSCRIBE is "
+                 "confirmed (%s); changes are noticed by polling every %gs instead (does "
+                 "the user have channel rights, '&*'?)",
+                 st->server, why, st->poll);
+        each_election(st, NULL, report_error, msg);
+    }
+    return c->unconfirmed >= 2 ? 30.0 : 1.0;
+}
+
 /* The connection broke, or never came up. Leaders hear an error and keep
  * their lease until the local deadline; everyone else fails the attempt
  * and comes back through the engine's retry policy. */
@@ -972,11 +1003,12 @@ static void conn_lost(rconn *c, const char *why)
 {
     rstore *st = c->st;
     bool was_ready = c->state == CONN_READY;
+    bool refused = c->subscriber && was_ready && !c->confirmed;
     conn_drop(c);
     if (st->closing)
         return;
     double delay = c->backoff * (0.8 + 0.4 * (double)random() / RAND_MAX);
-    c->backoff = min_d(c->backoff * 2, 1.0);
+    c->backoff = min_d(c->backoff * 2, refused ? subscriber_refused(c, why) : 1.0);
     char msg[512];
     snprintf(msg, sizeof msg, "redis %s: %s%s", st->server, why,
              c->subscriber ? " (pub/sub connection)" : "");
@@ -1018,6 +1050,7 @@ static void conn_ready(rconn *c)
 {
     rstore *st = c->st;
     c->state = CONN_READY;
+    c->confirmed = false;
     /* the subscriber, without AUTH, is ready before the server has said a
      * word: its delay restarts with the first SUBSCRIBE confirmed, or a
      * server that drops it at once would see it every 0.1 s for ever */
@@ -1038,6 +1071,19 @@ static void conn_ready(rconn *c)
     }
 }
 
+/* Refusals a server gives while busy or full, not about us: a reconnect
+ * that meets one is a connection lost (leaders keep their lease until the
+ * deadline), not a refusal no retry will fix. */
+static bool refusal_passes(const char *error)
+{
+    static const char *const passing[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM",
+                                          "MISCONF", "ERR max number of clients"};
+    for (size_t i = 0; i < sizeof passing / sizeof *passing; i++)
+        if (!strncmp(error, passing[i], strlen(passing[i])))
+            return true;
+    return false;
+}
+
 static void handshake_reply(rreq *req, redisReply *r)
 {
     rconn *c = req->conn;
@@ -1047,8 +1093,9 @@ static void handshake_reply(rreq *req, redisReply *r)
     const char *cmd = req->argv[0];
     if (r->type == REDIS_REPLY_ERROR) {
         char msg[600];
-        if (!strncmp(r->str, "LOADING", 7)) {
-            conn_lost(c, "server is loading its data set");
+        if (refusal_passes(r->str)) {
+            snprintf(msg, sizeof msg, "%s refused for now: %s", cmd, r->str);
+            conn_lost(c, msg);
             return;
         }
         if (!strcmp(cmd, "AUTH"))
@@ -1237,8 +1284,11 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
     const char *kind = r->element[0]->str;
     if (strcmp(kind, "message") && strcmp(kind, "subscribe"))
         return;
-    if (!strcmp(kind, "subscribe"))
+    if (!strcmp(kind, "subscribe")) {
         st->sub.backoff = 0.1;
+        st->sub.confirmed = true;
+        st->sub.unconfirmed = 0;
+    }
     st->depth++;
     for (rkey *k = st->keys; k; k = k->next) {
         if (strlen(k->channel) == r->element[1]->len && !strcmp(k->channel, r->element[1]->str)) {

@@ -83,4 +83,51 @@ describe("redis store edges", function()
     assert.truthy(find(log, "^a error .*release of .*BUSY"), table.concat(log, "\n"))
     a:stop(); b:stop(); s1:close(); s2:close()
   end)
+
+  it("a leader keeps its term when its reconnect meets a refusal that passes (max clients)", function()
+    local s = keep(assert(L.store(srv.url)))
+    local log, record = recorder()
+    local a = keep(Rec.candidate(s, new_key(), "a", record, { ttl = 10 }))
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 2))
+    -- one connection (this redis-cli's) fills the server for 1.5 s, and ours
+    -- are cut: every reconnect hears "ERR max number of clients reached"
+    local cli = H.spawn({ "sh", "-c", "printf 'CONFIG SET maxclients 1\\nCLIENT KILL TYPE normal SKIPME yes\\n" ..
+      "CLIENT KILL TYPE pubsub\\nBLPOP leadership-spec-nothing 1.5\\nCONFIG SET maxclients 10000\\n' | " ..
+      "env -u LD_PRELOAD redis-cli -p " .. srv.port })
+    finally(function() H.stop(cli); srv:cli("CONFIG", "SET", "maxclients", "10000") end)
+    assert.truthy(loop_until(function() return find(log, "^a error .*max number of clients") end, 3),
+                  table.concat(log, "\n"))
+    assert.truthy(loop_until(function() return not H.alive(cli) end, 5))
+    L.sleep(1.5) -- reconnected, renewing
+    assert.is_true(a:is_leader(), table.concat(log, "\n"))
+    assert.equal(1, a:term())
+    assert.equal(0, Rec.count(log, "^a lost"), table.concat(log, "\n"))
+    a:stop(); s:close()
+  end)
+
+  it("an ACL user without pub/sub channel rights (Redis 7's default) leads and hands over by polling, told once", function()
+    assert.equal("OK", srv:cli("ACL", "SETUSER", "nochan", "on", ">pw", "~*", "+@all", "resetchannels"))
+    finally(function() srv:cli("ACL", "DELUSER", "nochan") end)
+    local url = "redis://nochan:pw@127.0.0.1:" .. srv.port
+    local s1, s2 = keep(assert(L.store(url))), keep(assert(L.store(url)))
+    local key = new_key()
+    local log, record = recorder()
+    local a = keep(Rec.candidate(s1, key, "a", record, { ttl = 5 }))
+    local f = keep(Rec.follower(s2, key, "f", record))
+    f:run()
+    a:run()
+    assert.truthy(loop_until(function() return a:is_leader() end, 2), table.concat(log, "\n"))
+    assert.equal(1, a:term())
+    assert.truthy(loop_until(function() return find(log, "^f sees a 1$") end, 3), table.concat(log, "\n"))
+    -- a resign is a release, then (the only candidate) a new term
+    a:resign()
+    assert.truthy(loop_until(function() return find(log, "^f sees a 2$") end, 5), table.concat(log, "\n"))
+    -- no acquire or release failed; the refused SUBSCRIBE is told once to each
+    assert.equal(0, Rec.count(log, "failed"), table.concat(log, "\n"))
+    assert.equal(1, Rec.count(log, "^a error .*pub/sub connection is dropped"), table.concat(log, "\n"))
+    assert.equal(1, Rec.count(log, "^f error .*pub/sub connection is dropped"), table.concat(log, "\n"))
+    assert.equal(0, Rec.count(log, "^. lost [^r]"), table.concat(log, "\n"))
+    a:stop(); f:stop(); s1:close(); s2:close()
+  end)
 end)
