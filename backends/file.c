@@ -115,6 +115,7 @@ struct file_entry {
     bool garbage_reported;
     bool stall_reported;
     uint64_t term;                   /* ours, while holding */
+    long long expiry_ns;             /* of the lease we last wrote, while holding */
     double renew_at;                 /* monotonic seconds, while holding */
     double busy_since;               /* when the key mutex was first found busy, or 0 */
     char seen_holder[HOLDER_ID_MAX]; /* holder of the last valid lease read */
@@ -129,7 +130,8 @@ struct file_release {
     file_store *fs;
     file_key key;
     uint64_t term;
-    double give_up_at; /* the lease has expired by then anyway */
+    long long expiry_ns; /* of our lease: nothing is left to release after it */
+    double started;      /* when the mutex was first found busy */
     struct event *timer;
     file_release *next;
 };
@@ -568,8 +570,8 @@ static void release_retry_cb(evutil_socket_t fd, short what, void *arg)
     file_release *rel = arg;
     char err[600];
     int rc = lease_release(rel->fs, &rel->key, rel->term, err, sizeof err);
-    if (rc == MUTEX_BUSY && ls_now() < rel->give_up_at) {
-        arm(rel->timer, MUTEX_RETRY);
+    if (rc == MUTEX_BUSY && mono_ns() < rel->expiry_ns) {
+        arm(rel->timer, ls_now() - rel->started < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW);
         return;
     }
     if (rc == MUTEX_BUSY)
@@ -583,9 +585,11 @@ static void release_retry_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Releases at once if it can, else keeps trying (holding the loop) until
- * the lease would have expired anyway. */
-static void release_start(file_store *fs, const file_key *k, uint64_t term, double ttl)
+ * the lease we wrote, which expires at expiry_ns, would have expired anyway. */
+static void release_start(file_store *fs, const file_key *k, uint64_t term, long long expiry_ns)
 {
+    if (mono_ns() >= expiry_ns)
+        return; /* expired: anyone may take the key already */
     char err[600];
     int rc = lease_release(fs, k, term, err, sizeof err);
     if (rc == MUTEX_BUSY) {
@@ -593,7 +597,8 @@ static void release_start(file_store *fs, const file_key *k, uint64_t term, doub
         rel->fs = fs;
         key_copy(&rel->key, k);
         rel->term = term;
-        rel->give_up_at = ls_now() + ttl;
+        rel->expiry_ns = expiry_ns;
+        rel->started = ls_now();
         rel->timer = evtimer_new(ls_loop_base(), release_retry_cb, rel);
         rel->next = fs->releases;
         fs->releases = rel;
@@ -646,7 +651,7 @@ static void entry_detach(file_entry *en)
     evtimer_del(en->wake);
     if (en->holding) {
         en->holding = false;
-        release_start(fs, &en->key, en->term, en->ttl);
+        release_start(fs, &en->key, en->term, en->expiry_ns);
     }
     entry_drop(en);
 }
@@ -813,9 +818,10 @@ static void entry_acquire(file_entry *en)
     }
     /* the term file first: no record ever shows a term it has not counted */
     int rc = term_write(fs, &en->key, term, err, sizeof err);
+    long long expiry_ns = mono_ns() + (long long)(en->ttl * 1e9);
     if (rc == 0)
         rc = record_write(fs, &en->key, en->value ? en->value : "", en->value_len, term,
-                          mono_ns() + (long long)(en->ttl * 1e9), err, sizeof err);
+                          expiry_ns, err, sizeof err);
     close(lock);
     if (rc < 0) {
         entry_fail(en, err);
@@ -826,6 +832,7 @@ static void entry_acquire(file_entry *en)
     en->garbage_reported = false; /* the record is ours and sound now */
     en->holding = true;
     en->term = term;
+    en->expiry_ns = expiry_ns;
     en->renew_at = sent_at + en->renew_period;
     store_schedule_renew(fs);
     if (term_err[0] && !entry_error(en, term_err))
@@ -937,14 +944,16 @@ static void entry_renew(file_entry *en)
             entry_check(en);
         return;
     }
+    long long expiry_ns = now + (long long)(en->ttl * 1e9);
     int rc = record_write(fs, &en->key, en->value ? en->value : "", en->value_len, en->term,
-                          now + (long long)(en->ttl * 1e9), err, sizeof err);
+                          expiry_ns, err, sizeof err);
     close(lock);
     if (rc < 0) {
         en->renew_at = sent_at + en->renew_period * 0.3;
         entry_error(en, err);
         return;
     }
+    en->expiry_ns = expiry_ns;
     en->renew_at = sent_at + en->renew_period;
     entry_hold(en);
     ls_election_renewed(en->e, sent_at);
@@ -991,6 +1000,11 @@ static void renew_cb(evutil_socket_t fd, short what, void *arg)
     file_store *fs = arg;
     store_enter(fs);
     double now = ls_now();
+    /* Removing our holder file tells the others we are dead. Cleaners by
+     * age (systemd-tmpfiles: /tmp files over 10 days on Debian 13) would do
+     * that to a long-lived leader: while leading, its times stay new. */
+    if (fs->holder_fd >= 0)
+        futimens(fs->holder_fd, NULL);
     file_entry **list;
     size_t n = entries_take(fs, want_renewal, &now, &list);
     for (size_t i = 0; i < n; i++)
@@ -1183,15 +1197,29 @@ static int mkdir_p(const char *dir, char *err, size_t errlen)
     return rc;
 }
 
-static void read_boot_id(char *out, size_t len)
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+
+/* This boot's id: records of another boot name holders that are gone. */
+static int read_boot_id(char *out, size_t len, char *err, size_t errlen)
 {
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+    FILE *f = fopen(BOOT_ID_PATH, "re");
     out[0] = '\0';
-    if (f) {
-        if (fgets(out, (int)len, f))
-            out[strcspn(out, "\n")] = '\0';
-        fclose(f);
+    if (!f) {
+        snprintf(err, errlen,
+                 "file store: cannot read this boot's id from " BOOT_ID_PATH
+                 " (%s); without it, leases from before a reboot cannot be told from live "
+                 "ones",
+                 strerror(errno));
+        return -1;
     }
+    if (fgets(out, (int)len, f))
+        out[strcspn(out, "\n")] = '\0';
+    fclose(f);
+    if (!out[0]) {
+        snprintf(err, errlen, "file store: " BOOT_ID_PATH " is empty");
+        return -1;
+    }
+    return 0;
 }
 
 /* Creates and locks this store's holder file: while the lock is held, the
@@ -1313,8 +1341,8 @@ static int file_open(ls_store *store, const ls_store_config *cfg, char *err, siz
     for (size_t n = strlen(fs->dir); n > 1 && fs->dir[n - 1] == '/'; n--)
         fs->dir[n - 1] = '\0';
     fs->holders_dir = join(fs->dir, "/holders", "");
-    read_boot_id(fs->boot_id, sizeof fs->boot_id);
-    if (mkdir_p(fs->dir, err, errlen) < 0 || mkdir_p(fs->holders_dir, err, errlen) < 0 ||
+    if (read_boot_id(fs->boot_id, sizeof fs->boot_id, err, errlen) < 0 ||
+        mkdir_p(fs->dir, err, errlen) < 0 || mkdir_p(fs->holders_dir, err, errlen) < 0 ||
         holder_create(fs, err, errlen) < 0 || watch_dirs(fs, err, errlen) < 0) {
         if (fs->holder_fd >= 0) {
             close(fs->holder_fd);

@@ -577,6 +577,61 @@ describe("file:// backend", function()
     c:stop()
   end)
 
+  -- A leader stopped while another process held the key mutex retried its
+  -- release every 2 ms, for a ttl counted from the stop, holding the loop
+  it("retries a release through a busy key mutex slowly, and not past its lease's expiry", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local mutex = dir .. "/" .. KEY_FILE .. ".mutex"
+    local c, ec = candidate(s, "c", KEY, { ttl = 2 })
+    c:run()
+    assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
+    local locker = H.spawn({ "flock", "-x", mutex, "sleep", "4" })
+    children[#children + 1] = locker
+    assert(H.wait_until(function()
+      return H.sh("flock -n -s " .. H.quote(mutex) .. " true || echo held") ~= ""
+    end, 5, 0.01), "the mutex was never locked")
+    local stopped_at = L.now()
+    c:stop()
+    local retrying = L.live().holds -- the release among them
+    L.sleep(0.2)
+    local before = wakeups()
+    L.sleep(0.5)
+    assert.is_true(wakeups() - before < 100, "woke " .. (wakeups() - before) .. " times in 0.5 s")
+    -- given up once the lease (written at the last renewal, ttl 2) expired
+    assert.truthy(wait_for(function() return L.live().holds < retrying end, 2.5))
+    assert.is_true(L.now() - stopped_at < 2.2, "held the loop " .. (L.now() - stopped_at) .. " s")
+    s:close()
+  end)
+
+  it("keeps its holder file's times new while it leads (cleaners by age would remove it)", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local c, ec = candidate(s, "c", KEY, { ttl = 2 })
+    c:run()
+    assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
+    local holders = list(dir .. "/holders")
+    assert.equal(1, #holders)
+    local path = H.quote(dir .. "/holders/" .. holders[1])
+    H.sh("touch -d '20 days ago' " .. path)
+    local function age() return os.time() - tonumber(H.sh("stat -c %Y " .. path)) end
+    assert.is_true(age() > 86400)
+    L.sleep(1) -- a renewal round (every ttl/3)
+    assert.is_true(age() < 5, "holder file " .. age() .. " s old")
+    assert.is_true(c:is_leader())
+    c:stop()
+  end)
+
+  it("refuses to open when this boot's id cannot be read", function()
+    if H.sh("id -u"):match("^0%s") == nil then return pending("needs root (unshare -m)") end
+    local dir = new_dir()
+    -- /dev/null over the boot id, in a mount namespace of its own
+    local out = H.sh(("unshare -m sh -c 'mount --bind /dev/null /proc/sys/kernel/random/boot_id && " ..
+                      "exec %s leader --store file://%s --key k' 2>&1; echo rc=$?"):format(H.bin, dir))
+    assert.matches("/proc/sys/kernel/random/boot_id is empty", out)
+    assert.matches("rc=[12]\n$", out)
+  end)
+
   it("loses a lease taken behind its back, and sees the new holder", function()
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))

@@ -68,7 +68,8 @@ static void setup_once(void)
     snprintf(term_path, sizeof term_path, "%s/svc%%2Fleader.term", dir);
     snprintf(mutex_path, sizeof mutex_path, "%s/svc%%2Fleader.mutex", dir);
     snprintf(tmp_path, sizeof tmp_path, "%s/fuzz.tmp", dir);
-    read_boot_id(boot, sizeof boot);
+    char err[300];
+    FUZZ_ASSERT(read_boot_id(boot, sizeof boot, err, sizeof err) == 0);
     atexit(remove_dir);
 }
 
