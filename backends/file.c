@@ -565,13 +565,20 @@ static void release_free(file_release *rel)
     ls_loop_release();
 }
 
+/* When to try a busy key mutex again: soon at first, slowly once it has
+ * stayed locked for a while (a stopped process holding it). */
+static double mutex_retry_after(double busy_for)
+{
+    return busy_for < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW;
+}
+
 static void release_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     file_release *rel = arg;
     char err[600];
     int rc = lease_release(rel->fs, &rel->key, rel->term, err, sizeof err);
     if (rc == MUTEX_BUSY && mono_ns() < rel->expiry_ns) {
-        arm(rel->timer, ls_now() - rel->started < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW);
+        arm(rel->timer, mutex_retry_after(ls_now() - rel->started));
         return;
     }
     if (rc == MUTEX_BUSY)
@@ -724,7 +731,7 @@ static double entry_busy(file_entry *en)
                  en->key.mutex_path, MUTEX_STALL_REPORT);
         entry_error(en, msg);
     }
-    return now - en->busy_since < 0.1 ? MUTEX_RETRY : MUTEX_RETRY_SLOW;
+    return mutex_retry_after(now - en->busy_since);
 }
 
 /* No one else's lease is seen (any more): nothing to re-check. */

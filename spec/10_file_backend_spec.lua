@@ -546,14 +546,13 @@ describe("file:// backend", function()
     end
   end
 
-  -- A leader whose renewal found the key mutex busy tried again every 2 ms
-  -- for as long as it stayed busy (500 wake-ups a second) and never told
-  -- on_error, unlike a candidate's campaign.
-  it("renews through a busy key mutex slowly, and reports a long spell", function()
+  -- A leader "c" of KEY (with options) in a new store, then its key mutex
+  -- locked for 4 s by another process: s, c, its events, the mutex path.
+  local function leader_behind_locked_mutex(options)
     local dir = new_dir()
     local s = assert(L.store("file://" .. dir))
     local mutex = dir .. "/" .. KEY_FILE .. ".mutex"
-    local c, ec = candidate(s, "c", KEY, { ttl = 6, renew_deadline = 4.5 })
+    local c, ec = candidate(s, "c", KEY, options)
     c:run()
     assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
     local locker = H.spawn({ "flock", "-x", mutex, "sleep", "4" })
@@ -561,6 +560,14 @@ describe("file:// backend", function()
     assert(H.wait_until(function()
       return H.sh("flock -n -s " .. H.quote(mutex) .. " true || echo held") ~= ""
     end, 5, 0.01), "the mutex was never locked")
+    return s, c, ec, mutex
+  end
+
+  -- A leader whose renewal found the key mutex busy tried again every 2 ms
+  -- for as long as it stayed busy (500 wake-ups a second) and never told
+  -- on_error, unlike a candidate's campaign.
+  it("renews through a busy key mutex slowly, and reports a long spell", function()
+    local _, c, ec, mutex = leader_behind_locked_mutex({ ttl = 6, renew_deadline = 4.5 })
     -- the renewal due at ttl/3 = 2 s finds it busy until 4 s, the deadline 4.5 s
     assert.truthy(wait_for(function() return find(ec, "error") end, 3.5), dump(ec))
     assert.matches("locked for over 1 s", find(ec, "error").a)
@@ -580,17 +587,7 @@ describe("file:// backend", function()
   -- A leader stopped while another process held the key mutex retried its
   -- release every 2 ms, for a ttl counted from the stop, holding the loop
   it("retries a release through a busy key mutex slowly, and not past its lease's expiry", function()
-    local dir = new_dir()
-    local s = assert(L.store("file://" .. dir))
-    local mutex = dir .. "/" .. KEY_FILE .. ".mutex"
-    local c, ec = candidate(s, "c", KEY, { ttl = 2 })
-    c:run()
-    assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
-    local locker = H.spawn({ "flock", "-x", mutex, "sleep", "4" })
-    children[#children + 1] = locker
-    assert(H.wait_until(function()
-      return H.sh("flock -n -s " .. H.quote(mutex) .. " true || echo held") ~= ""
-    end, 5, 0.01), "the mutex was never locked")
+    local s, c = leader_behind_locked_mutex({ ttl = 2 })
     local stopped_at = L.now()
     c:stop()
     local retrying = L.live().holds -- the release among them
