@@ -207,6 +207,27 @@ static bool routable(const peer *pe, const redisReply *r)
     return false;
 }
 
+/* hiredis 0.14 allocates an array's element pointers as soon as it has
+ * read the array's length: "*299999999\r\n" is a 2.4 GB calloc, in this
+ * server's reader and in the backend's alike, and libFuzzer stops on any
+ * malloc over 2 GB. Such a length is cut before the digit that makes it
+ * too long. The allocation is hiredis's, not the backend's, and hiredis
+ * 0.14 has no limit to set. */
+#define MAX_ARRAY_LENGTH 1000000
+
+static size_t within_array_lengths(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] != '*')
+            continue;
+        unsigned long n = 0;
+        for (size_t j = i + 1; j < len && buf[j] >= '0' && buf[j] <= '9'; j++)
+            if ((n = n * 10 + (unsigned long)(buf[j] - '0')) > MAX_ARRAY_LENGTH)
+                return j;
+    }
+    return len;
+}
+
 /* Sends what of bytes keeps within the replies asked for: complete replies
  * while any are owed (on the pub/sub connection pushes are free), then the
  * start of one more if one is owed; garbage goes as it is (hiredis drops
@@ -218,6 +239,8 @@ static void peer_send(peer *pe, const char *bytes, size_t len)
     if (pe->npartial)
         memcpy(buf, pe->partial, pe->npartial);
     memcpy(buf + pe->npartial, bytes, len);
+    /* what was sent before passed this cut: it falls in the new bytes */
+    total = within_array_lengths(buf, total);
     redisReader *rd = redisReaderCreate();
     redisReaderFeed(rd, buf, total);
     unsigned owed = pe->asked - pe->answered, counted = 0;
