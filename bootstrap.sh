@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 BUILD_PACKAGES="gcc make libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libjansson-dev
   libcurl4-openssl-dev libevent-dev libzookeeper-mt-dev libhiredis-dev"
 TEST_PACKAGES="lua-busted luarocks etcd-server etcd-client zookeeper redis-server iproute2
-  procps psmisc curl openssl util-linux clang libclang-rt-14-dev valgrind python3"
+  procps psmisc curl openssl util-linux strace clang libclang-rt-14-dev valgrind python3"
 
 missing() {
     for package in "$@"; do

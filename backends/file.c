@@ -260,8 +260,14 @@ static int mutex_take(const file_key *k, char *err, size_t errlen)
         snprintf(err, errlen, "file store: cannot open '%s': %s", k->mutex_path, strerror(errno));
         return -1;
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        /* An age-based cleaner (systemd-tmpfiles: /tmp files over 10 days)
+         * unlinking a mutex someone holds lets the next process lock a new
+         * file beside it: times new on every take keep a used key's mutex
+         * young. (IN_ATTRIB is not watched: this wakes nobody.) */
+        futimens(fd, NULL);
         return fd;
+    }
     int saved = errno;
     close(fd);
     if (saved == EWOULDBLOCK)
@@ -270,10 +276,27 @@ static int mutex_take(const file_key *k, char *err, size_t errlen)
     return -1;
 }
 
+/* Syncs a directory's entries (a rename in it). A file system that cannot
+ * sync a directory (EINVAL) has nothing to sync. */
+static int dir_sync(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd) < 0 && errno != EINVAL ? -1 : 0;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
 /* Replaces `path` with doc: a temp file in the same directory renamed over
- * it, so readers see the old record or the new one, never a mix. No fsync:
- * a lease does not outlive a reboot, and the boot id voids it anyway. */
-static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err, size_t errlen)
+ * it, so readers see the old record or the new one, never a mix. Durable
+ * (the file, then the directory, synced) for terms, which must never go
+ * back, not even after a power loss; leases are not: one does not outlive a
+ * reboot (the boot id voids it), and every renewal writes one. */
+static int write_atomic(file_store *fs, const char *path, json_t *doc, bool durable, char *err,
+                        size_t errlen)
 {
     char prefix[HOLDER_ID_MAX + 8];
     snprintf(prefix, sizeof prefix, "/.tmp-%s-", fs->holder_id);
@@ -301,6 +324,10 @@ static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err
         }
     }
     free(text);
+    if (durable && rc == 0 && fsync(fd) < 0) {
+        rc = -1;
+        saved = errno;
+    }
     if (close(fd) < 0 && rc == 0) {
         rc = -1;
         saved = errno;
@@ -308,6 +335,12 @@ static int write_atomic(file_store *fs, const char *path, json_t *doc, char *err
     if (rc == 0 && rename(tmp, path) < 0) {
         rc = -1;
         saved = errno;
+    }
+    if (durable && rc == 0 && dir_sync(fs->dir) < 0) {
+        /* the rename is done: the file holds the term, which may yet be lost */
+        snprintf(err, errlen, "file store: cannot sync '%s': %s", fs->dir, strerror(errno));
+        free(tmp);
+        return -1;
     }
     if (rc < 0) {
         unlink(tmp);
@@ -378,6 +411,10 @@ static json_t *json_read_fd(int fd, size_t flags, json_error_t *jerr)
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     for (;;) {
+        if (!buf) {
+            snprintf(jerr->text, sizeof jerr->text, "out of memory reading it");
+            return NULL;
+        }
         if (len == cap) {
             if (len > RECORD_MAX) {
                 snprintf(jerr->text, sizeof jerr->text, "larger than %d bytes", RECORD_MAX);
@@ -386,7 +423,11 @@ static json_t *json_read_fd(int fd, size_t flags, json_error_t *jerr)
             }
             /* one byte past the limit tells a file of RECORD_MAX from a larger one */
             cap = cap * 2 > RECORD_MAX ? RECORD_MAX + 1 : cap * 2;
-            buf = realloc(buf, cap);
+            char *grown = realloc(buf, cap);
+            if (!grown)
+                free(buf);
+            buf = grown;
+            continue;
         }
         ssize_t n = read(fd, buf + len, cap - len);
         if (n == 0)
@@ -464,7 +505,7 @@ static int term_read(const file_key *k, uint64_t *term, char *err, size_t errlen
 static int term_write(file_store *fs, const file_key *k, uint64_t term, char *err, size_t errlen)
 {
     json_t *doc = json_pack("{sI}", "term", (json_int_t)term);
-    int rc = write_atomic(fs, k->term_path, doc, err, errlen);
+    int rc = write_atomic(fs, k->term_path, doc, true, err, errlen);
     json_decref(doc);
     return rc;
 }
@@ -493,7 +534,7 @@ static int record_write(file_store *fs, const file_key *k, const char *value, si
         json_object_set_new(doc, "released_by", json_string(fs->holder_id));
         json_object_set_new(doc, "released_at", json_integer(mono_ns()));
     }
-    int rc = write_atomic(fs, k->lease_path, doc, err, errlen);
+    int rc = write_atomic(fs, k->lease_path, doc, false, err, errlen);
     json_decref(doc);
     return rc;
 }

@@ -619,6 +619,65 @@ describe("file:// backend", function()
     c:stop()
   end)
 
+  it("keeps a key mutex's times new when it takes it (cleaners by age would remove it)", function()
+    local dir = new_dir()
+    local s = assert(L.store("file://" .. dir))
+    local c, ec = candidate(s, "c", KEY, { ttl = 2 })
+    c:run()
+    assert.truthy(wait_for(function() return c:is_leader() end, 1), dump(ec))
+    local path = H.quote(dir .. "/" .. KEY_FILE .. ".mutex")
+    H.sh("touch -d '20 days ago' " .. path)
+    local function age() return os.time() - tonumber(H.sh("stat -c %Y " .. path)) end
+    assert.is_true(age() > 86400)
+    L.sleep(1) -- a renewal (every ttl/3) takes the mutex
+    assert.is_true(age() < 5, "mutex " .. age() .. " s old")
+    c:stop()
+  end)
+
+  it("syncs a term to disk, file and directory, before the lease that shows it", function()
+    if H.sh("command -v strace") == "" then
+      error("strace is not installed (bootstrap.sh test installs it)")
+    end
+    local dir, parent = new_dir()
+    local script, trace = parent .. "/lead.lua", parent .. "/trace"
+    H.write(script, ([[
+      package.path = %q .. "/lua/?.lua;" .. %q .. "/lua/?/init.lua;" .. package.path
+      package.cpath = %q .. "/lua/?.so;" .. package.cpath
+      local L = require "leadership"
+      local s = assert(L.store("file://" .. %q))
+      local c = L.candidate(s, %q, "a", { ttl = 1 })
+      c:run()
+      for _ = 1, 500 do if c:is_leader() then break end L.sleep(0.01) end
+      assert(c:is_leader(), "never elected")
+      c:stop()
+      s:close()
+    ]]):format(H.build, H.build, H.build, dir, KEY))
+    -- LeakSanitizer cannot stop a traced process's threads (`make asan test`)
+    local out = H.sh("ASAN_OPTIONS=detect_leaks=0 strace -f -qq -e trace=openat,fsync,rename -o "
+      .. H.quote(trace) .. " lua5.4 " .. H.quote(script) .. " 2>&1; echo rc=$?")
+    assert.truthy(out:match("rc=0\n$"), out)
+    local calls = {}
+    for line in io.lines(trace) do calls[#calls + 1] = line:gsub("^%d+%s+", "") end
+    local function find(from, pattern)
+      for i = from, #calls do
+        if calls[i]:find(pattern) then return i end
+      end
+    end
+    local term_file = KEY_FILE:gsub("%%", "%%%%") .. "%.term"
+    local opened = assert(find(1, '^openat%(.-%.tmp%-[^"]*' .. term_file .. '".-= (%d+)$'),
+      table.concat(calls, "\n"))
+    local fd = calls[opened]:match("= (%d+)$")
+    local renamed = assert(find(opened, '^rename%(.-' .. term_file .. '"%)'), "no rename of the term")
+    local synced = find(opened, "^fsync%(" .. fd .. "%)")
+    assert.truthy(synced and synced < renamed, "the term file is not synced before its rename")
+    local dir_opened = assert(find(renamed, "O_DIRECTORY"), "the directory is not opened after the rename")
+    local dir_fd = calls[dir_opened]:match("= (%d+)$")
+    local dir_synced = find(dir_opened, "^fsync%(" .. dir_fd .. "%)")
+    local lease_renamed = assert(find(renamed, '^rename%(.-%.lease"%)'), "no rename of the lease")
+    assert.truthy(dir_synced and dir_synced < lease_renamed,
+      "the directory is not synced before the lease is written")
+  end)
+
   it("refuses to open when this boot's id cannot be read", function()
     if H.sh("id -u"):match("^0%s") == nil then return pending("needs root (unshare -m)") end
     local dir = new_dir()
