@@ -42,6 +42,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,22 +63,26 @@ enum { SCRIPT_ACQUIRE, SCRIPT_RENEW, SCRIPT_RELEASE, SCRIPT_READ, NSCRIPTS };
 /* KEYS: lease, counter. ARGV: token, value, ttl ms, floor term, channel.
  * Returns {1, lease} when we hold it, {0, lease, pttl} when someone else
  * does. A lease already carrying our token (a reply lost to a reconnect)
- * is ours: it keeps its term and gets our value and a fresh ttl. */
+ * is ours: it keeps its term and gets our value and a fresh ttl.
+ * The floor is the highest term we have seen. After data loss (a counter
+ * below it, or a lease of an older term brought back by a restart) whoever
+ * holds the floor's term may still be acting: a tombstone of that term
+ * waits out one ttl, which that holder's renew turns back into its lease,
+ * and no older term is ever handed out or taken back. */
 static const char acquire_script[] =
     "local cur = redis.call('GET', KEYS[1])\n"
     "local count = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
     "if not count then return redis.error_reply('counter '..KEYS[2]..' is not a number') end\n"
     "local floor = tonumber(ARGV[4])\n"
-    "if count < floor then\n"
-    "  redis.call('SET', KEYS[2], floor)\n"
-    "  if not cur then\n"
-    "    cur = floor .. '\\n\\n'\n"
-    "    redis.call('SET', KEYS[1], cur, 'PX', ARGV[3])\n"
-    "    return {0, cur, tonumber(ARGV[3])}\n"
-    "  end\n"
+    "if count < floor then redis.call('SET', KEYS[2], floor) end\n"
+    "local t, holder\n"
+    "if cur then t, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n') end\n"
+    "if (not cur and count < floor) or (t and tonumber(t) < floor) then\n"
+    "  cur = floor .. '\\n\\n'\n"
+    "  redis.call('SET', KEYS[1], cur, 'PX', ARGV[3])\n"
+    "  return {0, cur, tonumber(ARGV[3])}\n"
     "end\n"
     "if cur then\n"
-    "  local t, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n')\n"
     "  if holder == ARGV[1] then\n"
     "    cur = t .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2]\n"
     "    redis.call('SET', KEYS[1], cur, 'PX', ARGV[3])\n"
@@ -93,8 +98,9 @@ static const char acquire_script[] =
 
 /* KEYS: lease, counter. ARGV: term, token, ttl ms, value, channel.
  * 1: extended. 0: gone (expired). -1 and the lease: someone else's.
- * After data loss (a tombstone of a term not above ours, or no key and a
- * counter below our term) the lease is put back as it was. */
+ * After data loss (a lease of an older term or a tombstone of ours brought
+ * back by a restart, or no key and a counter below our term) the lease is
+ * put back as it was: no one can hold an older term than ours now. */
 static const char renew_script[] =
     "local cur = redis.call('GET', KEYS[1])\n"
     "local mine = ARGV[1] .. '\\n' .. ARGV[2] .. '\\n'\n"
@@ -106,7 +112,8 @@ static const char renew_script[] =
     "    return 1\n"
     "  end\n"
     "  local t, holder = string.match(cur, '^(%d+)\\n([^\\n]*)\\n')\n"
-    "  if holder ~= '' or tonumber(t) > term then return {-1, cur} end\n"
+    "  t = tonumber(t)\n"
+    "  if not t or t > term or (t == term and holder ~= '') then return {-1, cur} end\n"
     "  lost = true\n"
     "else\n"
     "  lost = tonumber(redis.call('GET', KEYS[2]) or '0') < term\n"
@@ -1324,7 +1331,7 @@ static void attach(ls_store *store, ls_election *e)
     re->refs = 1;
     re->candidate = v->candidate;
     re->ttl = v->ttl;
-    re->ttl_ms = (long long)(v->ttl * 1000 + 0.5);
+    re->ttl_ms = (long long)ceil(v->ttl * 1000); /* never shorter than the ttl */
     re->renew_period = ls_renew_period(v);
     make_token(re->token, e);
     /* Right after we released the key (a resign), our own acquire would
