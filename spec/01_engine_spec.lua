@@ -485,6 +485,13 @@ describe("bad input", function()
     assert.truthy(message(function() L.store("memory://") end):match("needs a name"))
     assert.truthy(message(function() L.store("file://relative") end):match("needs an absolute directory"))
     assert.truthy(message(function() L.store("memory://x", { timeout = "soon" }) end):match("timeout"))
+    -- as on the URL: math.huge made an undefined timer (no connection within infs)
+    for _, timeout in ipairs({ math.huge, 1e300, 3601, 0 }) do
+      assert.truthy(message(function() L.store("memory://x", { timeout = timeout }) end)
+        :match("store option 'timeout' must be in %(0, 3600%] seconds"), tostring(timeout))
+    end
+    assert.truthy(message(function() L.store("memory://x?timeout=inf") end)
+      :match("store option 'timeout' must be in %(0, 3600%] seconds"))
     -- credentials never appear in a message
     local bad_host = message(function() L.store("redis://user:secret@127.0.0.1:1:2") end)
     assert.truthy(bad_host:match("bad host '127.0.0.1:1' in store URL 'redis://user:%*%*%*@127.0.0.1:1:2'"), bad_host)
