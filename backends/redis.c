@@ -38,14 +38,15 @@
  */
 #include <errno.h>
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -1224,6 +1225,217 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     st->depth--;
 }
 
+/* ---- what hiredis is given ---- */
+
+/* hiredis 0.14 trusts the server. A reply nobody asked for aborts the
+ * process (assert) on a command connection; on a subscribed one a push
+ * it cannot route runs the last finished callback again, with its freed
+ * data, and a short push fails an assert; an array's announced length is
+ * allocated before any element arrives (`*299999999`: 2.4 GB), and a bulk
+ * string is buffered whole however long it says it is. So each
+ * connection reads through a watcher of ours instead of hiredis's
+ * libevent adapter: every byte read is parsed first by a reader of our
+ * own, and a connection whose server sent any of that is dropped as lost
+ * before hiredis sees a byte of it. */
+#define MAX_REPLY_ELEMENTS 4096 /* our scripts reply with a handful */
+#define MAX_REPLY_MB 16         /* a lease holds one candidate's value */
+
+typedef struct rwatch {
+    redisAsyncContext *ac;
+    struct event *readable, *writable; /* one-shot, as hiredis expects */
+    redisReader *screen;               /* fed the same bytes as hiredis's reader, first */
+    /* the reply screen is reading: its array elements and string bytes so
+     * far, whatever its nesting; the limit it broke, if any */
+    size_t reply_elements, reply_bytes;
+    char refused[100];
+} rwatch;
+
+/* Runs the callbacks of the replies in ac's reader: what
+ * redisAsyncHandleRead does after its read. libhiredis exports it (0.14
+ * and 1.x) but declares it in no header. */
+void redisProcessCallbacks(redisAsyncContext *ac);
+
+static redisReplyObjectFunctions bounded_functions;
+static void *(*create_array)(const redisReadTask *, int);
+static void *(*create_string)(const redisReadTask *, char *, size_t);
+
+/* What screen's reader allocates for a reply counts towards its limits:
+ * an array past them is NULL, and the reader stops with an error. */
+static void *create_bounded_array(const redisReadTask *task, int elements)
+{
+    rwatch *w = task->privdata;
+    w->reply_elements += (size_t)elements;
+    if (w->reply_elements > MAX_REPLY_ELEMENTS) {
+        snprintf(w->refused, sizeof w->refused,
+                 "an array of %d elements (more than %d in one reply)", elements,
+                 MAX_REPLY_ELEMENTS);
+        return NULL;
+    }
+    return create_array(task, elements);
+}
+
+/* screen checks the sum, with what is buffered, after each read */
+static void *create_counted_string(const redisReadTask *task, char *str, size_t len)
+{
+    ((rwatch *)task->privdata)->reply_bytes += len;
+    return create_string(task, str, len);
+}
+
+static redisReader *screen_reader_new(rwatch *w)
+{
+    redisReader *rd = redisReaderCreate();
+    if (!create_array) {
+        bounded_functions = *rd->fn;
+        create_array = bounded_functions.createArray;
+        create_string = bounded_functions.createString;
+        bounded_functions.createArray = create_bounded_array;
+        bounded_functions.createString = create_counted_string;
+    }
+    rd->fn = &bounded_functions;
+    rd->privdata = w;
+    return rd;
+}
+
+/* A push hiredis routes to sub_reply: "message" or "subscribe" on a
+ * channel SUBSCRIBEd on this connection, with a third element. */
+static bool routable_push(const rstore *st, const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
+        return false;
+    if (strcasecmp(r->element[0]->str, "message") && strcasecmp(r->element[0]->str, "subscribe"))
+        return false;
+    for (const rkey *k = st->keys; k; k = k->next)
+        if (k->subscribed && strlen(k->channel) == r->element[1]->len &&
+            !memcmp(k->channel, r->element[1]->str, r->element[1]->len))
+            return true;
+    return false;
+}
+
+static unsigned replies_owed(const redisAsyncContext *ac)
+{
+    unsigned n = 0;
+    for (const redisCallback *cb = ac->replies.head; cb; cb = cb->next)
+        n++;
+    return n;
+}
+
+/* Parses buf, just read on c, as hiredis will: false, with why, if
+ * hiredis must not be given it. */
+static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, char *why, size_t whylen)
+{
+    redisReader *rd = w->screen;
+    unsigned owed = replies_owed(w->ac);
+    bool subscribed = w->ac->c.flags & REDIS_SUBSCRIBED;
+    redisReaderFeed(rd, buf, len);
+    void *reply;
+    while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
+        redisReply *r = reply;
+        bool answer = owed > 0, error = r->type == REDIS_REPLY_ERROR;
+        bool push = subscribed && routable_push(c->st, r);
+        if (!answer && !error && !push) {
+            if (subscribed)
+                snprintf(why, whylen,
+                         "garbage from the server: a push not for a channel subscribed to");
+            else
+                snprintf(why, whylen, "garbage from the server: a %s reply nobody asked for",
+                         reply_type_name(r->type));
+        }
+        freeReplyObject(r);
+        w->reply_elements = w->reply_bytes = 0;
+        if (!answer && error)
+            return true; /* hiredis closes the connection with it: the rest is moot */
+        if (!answer && !push)
+            return false;
+        owed -= answer;
+    }
+    if (w->refused[0]) {
+        snprintf(why, whylen, "garbage from the server: %s", w->refused);
+        return false;
+    }
+    if (rd->err) {
+        snprintf(why, whylen, "garbage from the server: %s", rd->errstr);
+        return false;
+    }
+    /* a string still arriving: what is buffered of it counts too */
+    if (w->reply_bytes + (rd->len - rd->pos) > (size_t)MAX_REPLY_MB << 20) {
+        snprintf(why, whylen, "garbage from the server: a reply over %d MB", MAX_REPLY_MB);
+        return false;
+    }
+    return true;
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    rwatch *w = arg;
+    redisAsyncContext *ac = w->ac;
+    if (!(ac->c.flags & REDIS_CONNECTED)) {
+        /* the connect ends as on a write: hiredis then asks for reads */
+        redisAsyncHandleWrite(ac);
+        return;
+    }
+    char buf[16 * 1024];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        event_add(w->readable, NULL);
+        return;
+    }
+    if (n <= 0) {
+        /* hiredis reads the end, or the error, itself and disconnects */
+        redisAsyncHandleRead(ac);
+        return;
+    }
+    rconn *c = ac->data;
+    char why[200];
+    if (!screen(w, c, buf, (size_t)n, why, sizeof why)) {
+        rstore *st = c->st;
+        st->depth++;
+        conn_lost(c, why); /* frees ac and w */
+        st->depth--;
+        return;
+    }
+    redisReaderFeed(ac->c.reader, buf, (size_t)n);
+    event_add(w->readable, NULL);
+    redisProcessCallbacks(ac);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    redisAsyncHandleWrite(((rwatch *)arg)->ac);
+}
+
+static void watch_add_read(void *w) { event_add(((rwatch *)w)->readable, NULL); }
+static void watch_del_read(void *w) { event_del(((rwatch *)w)->readable); }
+static void watch_add_write(void *w) { event_add(((rwatch *)w)->writable, NULL); }
+static void watch_del_write(void *w) { event_del(((rwatch *)w)->writable); }
+
+static void watch_cleanup(void *arg)
+{
+    rwatch *w = arg;
+    event_free(w->readable);
+    event_free(w->writable);
+    redisReaderFree(w->screen);
+    free(w);
+}
+
+/* In place of redisLibeventAttach: the same events, reads screened. */
+static void watch(redisAsyncContext *ac)
+{
+    rwatch *w = calloc(1, sizeof *w);
+    w->ac = ac;
+    w->readable = event_new(ls_loop_base(), ac->c.fd, EV_READ, on_readable, w);
+    w->writable = event_new(ls_loop_base(), ac->c.fd, EV_WRITE, on_writable, w);
+    w->screen = screen_reader_new(w);
+    ac->ev.data = w;
+    ac->ev.addRead = watch_add_read;
+    ac->ev.delRead = watch_del_read;
+    ac->ev.addWrite = watch_add_write;
+    ac->ev.delWrite = watch_del_write;
+    ac->ev.cleanup = watch_cleanup;
+    event_add(w->readable, NULL);
+    event_add(w->writable, NULL);
+}
+
 static void conn_connect(rconn *c)
 {
     rstore *st = c->st;
@@ -1238,7 +1450,7 @@ static void conn_connect(rconn *c)
         return;
     }
     ac->data = c;
-    redisLibeventAttach(ac, ls_loop_base());
+    watch(ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
