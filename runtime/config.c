@@ -260,13 +260,18 @@ int ls_config_parse(ls_store_config *cfg, const char *url, char *err, size_t err
     rc = 0;
 out:
     free(rest);
-    if (rc == 0)
-        rc = ls_config_seconds(cfg, "timeout", &cfg->timeout, err, errlen);
-    if (rc == 0 && (cfg->timeout <= 0 || cfg->timeout > 3600)) {
+    return rc == 0 ? ls_config_timeout(cfg, err, errlen) : rc;
+}
+
+int ls_config_timeout(ls_store_config *cfg, char *err, size_t errlen)
+{
+    if (ls_config_seconds(cfg, "timeout", &cfg->timeout, err, errlen) < 0)
+        return -1;
+    if (cfg->timeout <= 0 || cfg->timeout > 3600) {
         snprintf(err, errlen, "store option 'timeout' must be in (0, 3600] seconds");
-        rc = -1;
+        return -1;
     }
-    return rc;
+    return 0;
 }
 
 void ls_config_set(ls_store_config *cfg, const char *name, const char *value)

@@ -8,6 +8,10 @@
  * options. -1 with a message naming what is wrong. */
 int ls_config_parse(ls_store_config *cfg, const char *url, char *err, size_t errlen);
 
+/* Reads the option 'timeout' into cfg->timeout, (0, 3600] seconds, as
+ * parse does: again after options were set. -1 with a message. */
+int ls_config_timeout(ls_store_config *cfg, char *err, size_t errlen);
+
 /* Adds (or replaces) an option; the strings are copied. */
 void ls_config_set(ls_store_config *cfg, const char *name, const char *value);
 

@@ -71,9 +71,7 @@ static int store_new(lua_State *L)
     }
     if (lua_istable(L, 2)) {
         if (flatten_options(L, 2, "", &cfg, err, sizeof err) < 0 ||
-            ls_config_seconds(&cfg, "timeout", &cfg.timeout, err, sizeof err) < 0 ||
-            ((cfg.timeout <= 0 || cfg.timeout > 3600) &&
-             snprintf(err, sizeof err, "store option 'timeout' must be in (0, 3600] seconds"))) {
+            ls_config_timeout(&cfg, err, sizeof err) < 0) {
             ls_config_free(&cfg);
             return luaL_error(L, "%s", err);
         }
