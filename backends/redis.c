@@ -165,6 +165,7 @@ struct rconn {
     rstore *st;
     bool subscriber;
     redisAsyncContext *ac; /* NULL while down */
+    unsigned connects;     /* connections made so far: tells a new ac from the one before */
     enum conn_state state;
     struct event *timer;
     double started;       /* when the current connect began */
@@ -234,7 +235,9 @@ struct rreq {
     rreq *next;
     relection *re; /* NULL for the handshake */
     reply_fn *fn;
-    double sent;
+    double sent;       /* when it went: its timeout runs from here */
+    double first_sent; /* when the first try went (before a NOSCRIPT retry): */
+                       /* the lower bound of when the server ran it */
     int script; /* which script, or -1 */
     int load;   /* for SCRIPT LOAD: which script, else -1 */
     bool holds_loop;
@@ -496,7 +499,7 @@ static rreq *req_new(rstore *st, relection *re, reply_fn *fn, int argc)
     req->fn = fn;
     req->script = -1;
     req->load = -1;
-    req->sent = ls_now();
+    req->sent = req->first_sent = ls_now();
     req->argc = argc;
     req->argv = calloc((size_t)argc, sizeof *req->argv);
     req->argvlen = calloc((size_t)argc, sizeof *req->argvlen);
@@ -544,7 +547,7 @@ static bool retry_as_eval(rreq *req)
     rconn *c = &req->st->cmd;
     rreq *again = req_new(req->st, req->re, req->fn, req->argc);
     again->script = req->script;
-    again->sent = req->sent; /* the earlier time: a safe lower bound */
+    again->first_sent = req->first_sent;
     again->holds_loop = req->holds_loop;
     req_arg(again, 0, "EVAL", 4);
     req_arg(again, 1, scripts[req->script], strlen(scripts[req->script]));
@@ -665,8 +668,8 @@ static void acquire_reply(rreq *req, redisReply *r)
         re->leader = true;
         re->term = l.term;
         re->again = false;
-        arm(re->timer, req->sent + re->renew_period - ls_now());
-        ls_election_acquired(re->e, l.term, req->sent);
+        arm(re->timer, req->first_sent + re->renew_period - ls_now());
+        ls_election_acquired(re->e, l.term, req->first_sent);
         return;
     }
     long long pttl =
@@ -691,8 +694,8 @@ static void renew_reply(rreq *req, redisReply *r)
     if (!re->e || !r || !re->leader)
         return;
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
-        arm(re->timer, req->sent + re->renew_period - ls_now());
-        ls_election_renewed(re->e, req->sent);
+        arm(re->timer, req->first_sent + re->renew_period - ls_now());
+        ls_election_renewed(re->e, req->first_sent);
         return;
     }
     bool gone = r->type == REDIS_REPLY_INTEGER && r->integer == 0;
@@ -1017,11 +1020,8 @@ static void conn_lost(rconn *c, const char *why)
         return;
     double delay = c->backoff * (0.8 + 0.4 * (double)random() / RAND_MAX);
     c->backoff = min_d(c->backoff * 2, refused ? subscriber_refused(c, why) : 1.0);
-    char msg[512];
-    snprintf(msg, sizeof msg, "redis %s: %s%s", st->server, why,
-             c->subscriber ? " (pub/sub connection)" : "");
     ls_log_event(was_ready ? LS_WARN : LS_INFO, "redis connection lost", "server", st->server,
-                 "error", why, NULL);
+                 "connection", c->subscriber ? "pub/sub" : "commands", "error", why, NULL);
     if (c->subscriber) {
         /* the command connection carries the reports; we only resubscribe */
         if (conn_needed(c)) {
@@ -1030,6 +1030,8 @@ static void conn_lost(rconn *c, const char *why)
         }
         return;
     }
+    char msg[512];
+    snprintf(msg, sizeof msg, "redis %s: %s", st->server, why);
     /* a server that stopped answering commands is not trusted with pub/sub */
     if (st->sub.state != CONN_DOWN)
         conn_drop(&st->sub);
@@ -1267,8 +1269,8 @@ static void *create_bounded_array(const redisReadTask *task, int elements)
     w->reply_elements += (size_t)elements;
     if (w->reply_elements > MAX_REPLY_ELEMENTS) {
         snprintf(w->refused, sizeof w->refused,
-                 "an array of %d elements (more than %d in one reply)", elements,
-                 MAX_REPLY_ELEMENTS);
+                 "a reply of more than %d elements (an array of %d in it)", MAX_REPLY_ELEMENTS,
+                 elements);
         return NULL;
     }
     return create_array(task, elements);
@@ -1321,32 +1323,36 @@ static unsigned replies_owed(const redisAsyncContext *ac)
 }
 
 /* Parses buf, just read on c, as hiredis will: false, with why, if
- * hiredis must not be given it. */
-static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, char *why, size_t whylen)
+ * hiredis must not be given all of it; *good is how much of it may go
+ * (the replies before the first bad one). */
+static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, size_t *good, char *why,
+                   size_t whylen)
 {
     redisReader *rd = w->screen;
     unsigned owed = replies_owed(w->ac);
     bool subscribed = w->ac->c.flags & REDIS_SUBSCRIBED;
     redisReaderFeed(rd, buf, len);
+    *good = 0;
     void *reply;
     while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
         redisReply *r = reply;
         bool answer = owed > 0, error = r->type == REDIS_REPLY_ERROR;
         bool push = subscribed && routable_push(c->st, r);
-        if (!answer && !error && !push) {
-            if (subscribed)
-                snprintf(why, whylen,
-                         "garbage from the server: a push not for a channel subscribed to");
-            else
-                snprintf(why, whylen, "garbage from the server: a %s reply nobody asked for",
-                         reply_type_name(r->type));
-        }
+        bool bad = !answer && !error && !push;
+        if (bad)
+            snprintf(why, whylen, "garbage from the server: a reply %s (%s)",
+                     subscribed ? "that is no message on a channel subscribed to"
+                                : "nobody asked for",
+                     reply_type_name(r->type));
         freeReplyObject(r);
         w->reply_elements = w->reply_bytes = 0;
-        if (!answer && error)
-            return true; /* hiredis closes the connection with it: the rest is moot */
-        if (!answer && !push)
+        if (bad)
             return false;
+        /* what is left unread is the end of buf (the reader may have let go
+         * of what it read) */
+        *good = len - (rd->len - rd->pos);
+        if (!answer && error)
+            break; /* hiredis closes the connection with it: the rest is moot */
         owed -= answer;
     }
     if (w->refused[0]) {
@@ -1362,6 +1368,7 @@ static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, char *why, 
         snprintf(why, whylen, "garbage from the server: a reply over %d MB", MAX_REPLY_MB);
         return false;
     }
+    *good = len;
     return true;
 }
 
@@ -1386,17 +1393,20 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     rconn *c = ac->data;
+    rstore *st = c->st;
     char why[200];
-    if (!screen(w, c, buf, (size_t)n, why, sizeof why)) {
-        rstore *st = c->st;
-        st->depth++;
-        conn_lost(c, why); /* frees ac and w */
-        st->depth--;
-        return;
+    size_t good;
+    bool sound = screen(w, c, buf, (size_t)n, &good, why, sizeof why);
+    unsigned connects = c->connects;
+    st->depth++;
+    if (good > 0) {
+        redisReaderFeed(ac->c.reader, buf, good);
+        event_add(w->readable, NULL);
+        redisProcessCallbacks(ac); /* may drop the connection, or make a new one */
     }
-    redisReaderFeed(ac->c.reader, buf, (size_t)n);
-    event_add(w->readable, NULL);
-    redisProcessCallbacks(ac);
+    if (!sound && c->connects == connects && c->ac)
+        conn_lost(c, why); /* frees ac and w */
+    st->depth--;
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -1450,6 +1460,7 @@ static void conn_connect(rconn *c)
         return;
     }
     ac->data = c;
+    c->connects++;
     watch(ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);

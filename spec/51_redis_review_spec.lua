@@ -8,7 +8,11 @@ local Rec = require "record"
 local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
 
 local new_key = Rec.keys("redis-review")
-local recorder, find, loop_until = Rec.recorder, Rec.find, Rec.loop_until
+local recorder, find, count, loop_until = Rec.recorder, Rec.find, Rec.count, Rec.loop_until
+
+local function listening(port)
+  return H.sh(("ss -Htln '( sport = :%d )'"):format(port)) ~= ""
+end
 
 describe("redis store edges", function()
   if not have then return end
@@ -129,5 +133,128 @@ describe("redis store edges", function()
     assert.equal(1, Rec.count(log, "^f error .*pub/sub connection is dropped"), table.concat(log, "\n"))
     assert.equal(0, Rec.count(log, "^. lost [^r]"), table.concat(log, "\n"))
     a:stop(); f:stop(); s1:close(); s2:close()
+  end)
+
+  describe("with garbage from the server", function()
+    local have_python = H.have("python3", pending)
+
+    -- spec/support/redis_garbage.py in `mode` before srv on a free port,
+    -- injecting after the reply to the nth EVALSHA (command modes); it dies
+    -- with the spec. Returns its URL and said(): what it printed so far.
+    local function garbage_redis(mode, nth)
+      local port = H.free_port()
+      local proc = H.spawn({ "python3", "spec/support/redis_garbage.py", tostring(port), mode,
+                             tostring(srv.port), tostring(nth or 1) })
+      finally(function() H.signal(proc, "KILL") end)
+      assert.truthy(H.wait_until(function() return listening(port) or not H.alive(proc) end, 5) and H.alive(proc),
+                    "redis_garbage.py did not start")
+      return "redis://127.0.0.1:" .. port, function() return H.read(proc.stdout) or "" end
+    end
+
+    -- The proxy's "closed by the client" for its connection n: we dropped it.
+    local function dropped_by_us(said, n, kind)
+      return said():find(("connection %d (%s) closed by the client"):format(n, kind), 1, true)
+    end
+
+    -- mode, and what a's on_error says of it (plain text)
+    local on_commands = {
+      { "unasked", "garbage from the server: a reply nobody asked for (status)" },
+      { "hugearray", "garbage from the server: a reply of more than 4096 elements (an array of 299999999 in it)" },
+      { "hugebulk", "garbage from the server: a reply over 16 MB" },
+      { "protocol", 'garbage from the server: Protocol error, got "!" as reply type byte' },
+    }
+    for _, case in ipairs(on_commands) do
+      local mode, says = case[1], case[2]
+      it("'" .. mode .. "' on the command connection: dropped as lost, said, and the leader keeps its term", function()
+        if not have_python then return end
+        -- the second EVALSHA is a's first renewal: the garbage finds a leader
+        local url, said = garbage_redis(mode, 2)
+        local s = keep(assert(L.store(url, { timeout = 1 })))
+        local log, record = recorder()
+        local a = keep(Rec.candidate(s, new_key(), "a", record, { ttl = 1.5 }))
+        a.on_renewed = function() record("a renewed") end
+        a:run()
+        assert.truthy(loop_until(function() return find(log, "^a error") end, 5),
+                      table.concat(log, "\n") .. "\n" .. said())
+        -- here, so the process lives (hiredis would abort or allocate 2.4 GB)
+        local at, line = find(log, "^a error")
+        assert.truthy(line:find(says, 1, true), line)
+        assert.truthy((find(log, "^a elected 1$") or math.huge) < at, table.concat(log, "\n"))
+        local n = tonumber(said():match("injected " .. mode .. " on connection (%d+) %(commands%)"))
+        assert.truthy(n, said())
+        assert.truthy(loop_until(function() return dropped_by_us(said, n, "commands") end, 2), said())
+        -- renewed on a new connection: the lease was kept, with its term
+        assert.truthy(loop_until(function() return find(log, "^a renewed", at + 1) end, 3),
+                      table.concat(log, "\n") .. "\n" .. said())
+        assert.is_true(a:is_leader(), table.concat(log, "\n"))
+        assert.equal(1, a:term())
+        assert.equal(1, count(log, "^a elected"), table.concat(log, "\n"))
+        assert.equal(0, count(log, "^a lost"), table.concat(log, "\n"))
+        assert.equal(1, count(log, "^a error"), table.concat(log, "\n"))
+        a:stop(); s:close()
+        L.run(3) -- the clean-up, while the proxy still runs
+      end)
+    end
+
+    it("a NOSCRIPT that came slowly: the EVAL sent again has a timeout of its own", function()
+      if not have_python then return end
+      -- a's first renewal: NOSCRIPT after 0.7 s, the EVAL's reply 0.5 s
+      -- later; timed from the EVALSHA, the EVAL ran out at 1 s, and the
+      -- connection was dropped under a reply on its way
+      local url, said = garbage_redis("slownoscript", 2)
+      local s = keep(assert(L.store(url, { timeout = 1 })))
+      local log, record = recorder()
+      local a = keep(Rec.candidate(s, new_key(), "a", record, { ttl = 6 }))
+      a.on_renewed = function() record("a renewed") end
+      a:run()
+      assert.truthy(loop_until(function() return said():find("injected slownoscript", 1, true) end, 5), said())
+      local from = #log + 1
+      assert.truthy(loop_until(function() return find(log, "^a renewed", from) end, 4),
+                    table.concat(log, "\n") .. "\n" .. said())
+      assert.equal(0, count(log, "^a error"), table.concat(log, "\n"))
+      assert.is_true(a:is_leader())
+      assert.equal(1, a:term())
+      a:stop(); s:close()
+      L.run(3) -- the clean-up, while the proxy still runs
+    end)
+
+    -- The pub/sub connection's loss is not reported (the command connection
+    -- carries the reports): it is dropped and subscribed again, quietly.
+    for _, mode in ipairs({ "shortpush", "otherchannel" }) do
+      it("'" .. mode .. "' on the pub/sub connection: dropped and subscribed again; the leader stays", function()
+        if not have_python then return end
+        local url, said = garbage_redis(mode)
+        local s, direct = keep(assert(L.store(url, { timeout = 1 }))), keep(assert(L.store(srv.url)))
+        local key = new_key()
+        local log, record = recorder()
+        local a = keep(Rec.candidate(s, key, "a", record, { ttl = 1.5 }))
+        local b = keep(Rec.candidate(direct, key, "b", record, { ttl = 1.5 }))
+        a:run()
+        assert.truthy(loop_until(function() return a:is_leader() end, 3), table.concat(log, "\n"))
+        b:run()
+        -- injected; that connection dropped by us; a later one subscribed
+        assert.truthy(loop_until(function()
+          local n = tonumber(said():match("injected " .. mode .. " on connection (%d+) %(pubsub%)"))
+          if not n or not dropped_by_us(said, n, "pubsub") then return false end
+          for m in said():gmatch("connection (%d+) subscribed") do
+            if tonumber(m) > n then return true end
+          end
+          return false
+        end, 5), said())
+        -- here, so the process lives; a led throughout, and b sees it
+        local t_end = L.now() + 1.5
+        while L.now() < t_end do
+          assert.is_true(a:is_leader(), table.concat(log, "\n"))
+          L.sleep(0.05)
+        end
+        assert.equal(1, a:term())
+        assert.truthy(find(log, "^b sees a 1$"), table.concat(log, "\n"))
+        assert.equal(1, count(log, "^a elected"), table.concat(log, "\n"))
+        assert.equal(0, count(log, "^a lost"), table.concat(log, "\n"))
+        assert.equal(0, count(log, "^a error"), table.concat(log, "\n"))
+        b:stop(); a:stop(); s:close(); direct:close()
+        L.run(3) -- the clean-up, while the proxy still runs
+      end)
+    end
   end)
 end)
