@@ -36,8 +36,11 @@
  * across a restart. A process that never saw the old term cannot know;
  * the README says so: one Redis gives no guarantee under failover.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -152,6 +155,13 @@ typedef struct rkey rkey;
 typedef struct relection relection;
 typedef struct rreq rreq;
 
+/* A lookup of the server's name; outlives a connection attempt cancelled
+ * before evdns has said so. */
+typedef struct rresolve {
+    rconn *c; /* NULL once cancelled */
+    struct evdns_getaddrinfo_request *req;
+} rresolve;
+
 /* What to do with a reply; reply is NULL when the connection went away. */
 typedef void reply_fn(rreq *req, redisReply *reply);
 
@@ -166,6 +176,7 @@ struct rconn {
     bool subscriber;
     redisAsyncContext *ac; /* NULL while down */
     unsigned connects;     /* connections made so far: tells a new ac from the one before */
+    rresolve *resolving;   /* the lookup of the host's name under way, or NULL */
     enum conn_state state;
     struct event *timer;
     double started;       /* when the current connect began */
@@ -238,8 +249,8 @@ struct rreq {
     double sent;       /* when it went: its timeout runs from here */
     double first_sent; /* when the first try went (before a NOSCRIPT retry): */
                        /* the lower bound of when the server ran it */
-    int script; /* which script, or -1 */
-    int load;   /* for SCRIPT LOAD: which script, else -1 */
+    int script;        /* which script, or -1 */
+    int load;          /* for SCRIPT LOAD: which script, else -1 */
     bool holds_loop;
     rkey *release_key;      /* a release's key, else NULL */
     bool release_by_leader; /* the release gives up a leadership */
@@ -942,6 +953,11 @@ static void conn_init(rconn *c, rstore *st, bool subscriber)
  * leaves the callback it is in. */
 static void conn_drop(rconn *c)
 {
+    if (c->resolving) {
+        c->resolving->c = NULL; /* resolved() frees it when told of the cancel */
+        evdns_getaddrinfo_cancel(c->resolving->req);
+        c->resolving = NULL;
+    }
     redisAsyncContext *ac = c->ac;
     c->ac = NULL;
     c->state = CONN_DOWN;
@@ -1446,11 +1462,11 @@ static void watch(redisAsyncContext *ac)
     event_add(w->writable, NULL);
 }
 
-static void conn_connect(rconn *c)
+/* Connects c to ip, a numeric address: hiredis resolves nothing. */
+static void conn_open(rconn *c, const char *ip)
 {
     rstore *st = c->st;
-    c->retry_scheduled = false;
-    redisAsyncContext *ac = redisAsyncConnect(st->host, st->port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, st->port);
     if (!ac || ac->err) {
         char why[300];
         snprintf(why, sizeof why, "cannot connect: %s", ac ? ac->errstr : "out of memory");
@@ -1465,9 +1481,77 @@ static void conn_connect(rconn *c)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
+}
+
+static void resolved(int result, struct evutil_addrinfo *found, void *arg)
+{
+    rresolve *r = arg;
+    rconn *c = r->c;
+    free(r);
+    if (!c) { /* cancelled: the connection attempt ended without it */
+        if (found)
+            evutil_freeaddrinfo(found);
+        return;
+    }
+    c->resolving = NULL;
+    rstore *st = c->st;
+    st->depth++;
+    /* IPv4 first, as hiredis's own lookup: a server bound to 127.0.0.1
+     * is not reached on ::1 */
+    const struct evutil_addrinfo *pick = found;
+    for (const struct evutil_addrinfo *a = found; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (result == 0 && pick) {
+        const void *addr = pick->ai_family == AF_INET6
+                               ? (const void *)&((struct sockaddr_in6 *)pick->ai_addr)->sin6_addr
+                               : (const void *)&((struct sockaddr_in *)pick->ai_addr)->sin_addr;
+        inet_ntop(pick->ai_family, addr, ip, sizeof ip);
+    }
+    if (found)
+        evutil_freeaddrinfo(found);
+    if (ip[0]) {
+        conn_open(c, ip);
+    } else {
+        char why[300];
+        snprintf(why, sizeof why, "cannot resolve '%s': %s", st->host,
+                 result ? evutil_gai_strerror(result) : "no address");
+        conn_lost(c, why);
+    }
+    st->depth--;
+}
+
+/* A name goes to the loop's resolver first: hiredis would look it up
+ * with a blocking getaddrinfo, and the loop, with every deadline on it,
+ * would wait as long as a DNS server that does not answer. /etc/hosts
+ * is read again each time, as getaddrinfo does. The connect timeout
+ * covers the lookup. */
+static void conn_connect(rconn *c)
+{
+    rstore *st = c->st;
+    c->retry_scheduled = false;
     c->state = CONN_CONNECTING;
     c->started = ls_now();
     arm(c->timer, st->timeout);
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, st->host, addr) == 1 || inet_pton(AF_INET6, st->host, addr) == 1) {
+        conn_open(c, st->host);
+        return;
+    }
+    struct evdns_base *dns = ls_loop_dns();
+    evdns_base_clear_host_addresses(dns);
+    evdns_base_load_hosts(dns, "/etc/hosts");
+    rresolve *r = calloc(1, sizeof *r);
+    r->c = c;
+    c->resolving = r;
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(dns, st->host, NULL, &hints, resolved, r);
+    if (c->resolving == r) /* else answered already (from /etc/hosts) */
+        r->req = req;
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)

@@ -153,4 +153,9 @@ void ls_loop_release(void);
 /* The loop every backend registers its events with. */
 struct event_base *ls_loop_base(void);
 
+/* The loop's resolver (libevent's evdns), for names a library would look
+ * up with a blocking getaddrinfo: name servers from /etc/resolv.conf as it
+ * was at first use. */
+struct evdns_base *ls_loop_dns(void);
+
 #endif

@@ -1,9 +1,11 @@
 #include "loop.h"
 
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <time.h>
 
 static struct event_base *loop_base;
+static struct evdns_base *loop_dns;
 /* A zero timeout whose events run in the order they were added (libevent
  * keeps a queue per common timeout; equal times in its heap come out in any
  * order). */
@@ -51,8 +53,23 @@ double ls_wall(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+struct evdns_base *ls_loop_dns(void)
+{
+    if (!loop_dns) {
+        loop_dns = evdns_base_new(ls_loop_base(), EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        /* not by evdns_base_new's flag, which gives no resolver at all for a
+         * missing resolv.conf: this leaves the defaults (127.0.0.1), as glibc */
+        evdns_base_resolv_conf_parse(loop_dns, DNS_OPTIONS_ALL, "/etc/resolv.conf");
+    }
+    return loop_dns;
+}
+
 void ls_loop_free(void)
 {
+    if (loop_dns) {
+        evdns_base_free(loop_dns, 0);
+        loop_dns = NULL;
+    }
     if (loop_base) {
         event_base_free(loop_base);
         loop_base = NULL;

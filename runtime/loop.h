@@ -5,10 +5,15 @@
 #include <stdbool.h>
 
 struct event_base;
+struct evdns_base;
 struct timeval;
 
 /* The loop, created on first use. */
 struct event_base *ls_loop_base(void);
+
+/* The loop's resolver, created on first use: name servers from
+ * /etc/resolv.conf as it was then (see backends/store.h). */
+struct evdns_base *ls_loop_dns(void);
 
 /* For evtimer_add: run as soon as possible, after everything made ready
  * this way before (first in, first out). */

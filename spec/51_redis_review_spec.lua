@@ -257,4 +257,81 @@ describe("redis store edges", function()
       end)
     end
   end)
+  -- A name the server is known by: a process in a mount namespace of its
+  -- own, with the spec's /etc/hosts and /etc/resolv.conf bound over the
+  -- machine's, and a name server on 127.0.0.77:53 that reads every query
+  -- and answers none.
+  describe("named by a host name", function()
+    local why_not = H.sh("id -u"):match("^0%s") == nil and "needs root: unshare -m, and port 53" or nil
+    local function unavailable()
+      if not why_not then return false end
+      if os.getenv("CI") then error(why_not) end
+      pending(why_not)
+      return true
+    end
+
+    -- The child: a candidate on url that says what happens, each line
+    -- stamped with its own clock.
+    local CHILD = [[
+      local L = require "leadership"
+      local url, key, seconds = arg[1], arg[2], tonumber(arg[3])
+      local function say(...)
+        io.stdout:write(("%.3f "):format(L.now()), table.concat({ ... }, " "), "\n")
+        io.stdout:flush()
+      end
+      local s = assert(L.store(url, { timeout = 1 }))
+      local c = L.candidate(s, key, "a", { ttl = 1.5 })
+      c.on_elected = function(_, term) say("elected", term) end
+      c.on_renewed = function() say("renewed") end
+      c.on_lost = function(_, reason) say("lost", reason) end
+      c.on_error = function(_, err) say("error", err) end
+      c:run()
+      L.run(seconds)
+    ]]
+
+    it("a reconnect waiting on a DNS server that never answers does not hold up the deadline", function()
+      if unavailable() then return end
+      -- hiredis's own getaddrinfo blocked the loop for the resolver's
+      -- 3 s timeout: the deadline passed unseen, and on_lost came late
+      local dir = H.tmpdir("redis-dns")
+      local hosts, resolv, script = dir .. "/hosts", dir .. "/resolv.conf", dir .. "/child.lua"
+      local function write(path, text) local f = assert(io.open(path, "w")); f:write(text); f:close() end
+      write(hosts, "127.0.0.1 localhost\n127.0.0.1 redis-dns-spec\n")
+      write(resolv, "nameserver 127.0.0.77\noptions timeout:3 attempts:1\n")
+      write(script, CHILD)
+      local dns = H.spawn({ "python3", "-c", table.concat({
+        "import socket, sys",
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+        "s.bind(('127.0.0.77', 53))",
+        "print('ready', flush=True)",
+        "while True: s.recv(512)" }, "\n") })
+      local server = R.start()
+      local child
+      finally(function()
+        H.signal(dns, "KILL")
+        if child then H.signal(child, "KILL") end
+        server:stop()
+      end)
+      assert.truthy(H.wait_until(function() return (H.read(dns.stdout) or ""):find("ready") end, 5),
+                    H.read(dns.stderr))
+      child = H.spawn({ "unshare", "-m", "sh", "-c",
+        ("mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && exec lua5.4 %s %s %s 8"):format(
+          H.quote(hosts), H.quote(resolv), H.quote(script),
+          H.quote("redis://redis-dns-spec:" .. server.port), H.quote(new_key())) },
+        { env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } })
+      local function said() return H.read(child.stdout) or "" end
+      assert.truthy(H.wait_until(function() return said():find("elected 1") end, 5), said() .. (H.read(child.stderr) or ""))
+      -- the name now resolves only by DNS; the server goes away
+      write(hosts, "127.0.0.1 localhost\n")
+      server:kill()
+      assert.truthy(H.wait_until(function() return said():find(" lost ") end, 8), said())
+      local last_held, lost_at
+      for at, what in said():gmatch("([%d.]+) (%a+)") do
+        if what == "elected" or what == "renewed" then last_held = tonumber(at) end
+        if what == "lost" then lost_at = tonumber(at); break end
+      end
+      -- the deadline is 2/3 of the ttl after the last renewal was sent
+      assert.truthy(lost_at - last_held <= 1.0 + 0.5, said())
+    end)
+  end)
 end)
