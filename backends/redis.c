@@ -1352,23 +1352,27 @@ static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, size_t *goo
     void *reply;
     while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
         redisReply *r = reply;
-        bool answer = owed > 0, error = r->type == REDIS_REPLY_ERROR;
-        bool push = subscribed && routable_push(c->st, r);
-        bool bad = !answer && !error && !push;
-        if (bad)
+        bool answer = owed > 0;
+        bool push = !answer && subscribed && routable_push(c->st, r);
+        /* An error nobody asked for is the server's last word (max
+         * clients reached) before it hangs up, as hiredis takes it. Any
+         * other reply is garbage, even one hiredis would take for the
+         * answer to a command sent while it runs this read's callbacks:
+         * the server had not seen that command. */
+        if (!answer && !push && r->type == REDIS_REPLY_ERROR)
+            snprintf(why, whylen, "connection lost: %s", r->str);
+        else if (!answer && !push)
             snprintf(why, whylen, "garbage from the server: a reply %s (%s)",
                      subscribed ? "that is no message on a channel subscribed to"
                                 : "nobody asked for",
                      reply_type_name(r->type));
         freeReplyObject(r);
         w->reply_elements = w->reply_bytes = 0;
-        if (bad)
+        if (!answer && !push)
             return false;
         /* what is left unread is the end of buf (the reader may have let go
          * of what it read) */
         *good = len - (rd->len - rd->pos);
-        if (!answer && error)
-            break; /* hiredis closes the connection with it: the rest is moot */
         owed -= answer;
     }
     if (w->refused[0]) {
