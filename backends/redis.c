@@ -36,6 +36,7 @@
  * across a restart. A process that never saw the old term cannot know;
  * the README says so: one Redis gives no guarantee under failover.
  */
+#define _GNU_SOURCE /* memmem */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/dns.h>
@@ -159,6 +160,7 @@ typedef struct rreq rreq;
  * before evdns has said so. */
 typedef struct rresolve {
     rconn *c; /* NULL once cancelled */
+    int family;
     struct evdns_getaddrinfo_request *req;
 } rresolve;
 
@@ -175,7 +177,6 @@ struct rconn {
     rstore *st;
     bool subscriber;
     redisAsyncContext *ac; /* NULL while down */
-    unsigned connects;     /* connections made so far: tells a new ac from the one before */
     rresolve *resolving;   /* the lookup of the host's name under way, or NULL */
     enum conn_state state;
     struct event *timer;
@@ -1257,6 +1258,7 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
  * before hiredis sees a byte of it. */
 #define MAX_REPLY_ELEMENTS 4096 /* our scripts reply with a handful */
 #define MAX_REPLY_MB 16         /* a lease holds one candidate's value */
+#define MAX_LINE (64 << 10)     /* a status, error, number or length line */
 
 typedef struct rwatch {
     redisAsyncContext *ac;
@@ -1314,8 +1316,9 @@ static redisReader *screen_reader_new(rwatch *w)
     return rd;
 }
 
-/* A push hiredis routes to sub_reply: "message" or "subscribe" on a
- * channel SUBSCRIBEd on this connection, with a third element. */
+/* A push we let hiredis route to sub_reply (a part of what it would):
+ * "message" or "subscribe" on a channel SUBSCRIBEd on this connection,
+ * with a third element. */
 static bool routable_push(const rstore *st, const redisReply *r)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
@@ -1383,6 +1386,13 @@ static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, size_t *goo
         snprintf(why, whylen, "garbage from the server: %s", rd->errstr);
         return false;
     }
+    /* hiredis looks for a line's end from its start again at each read:
+     * a line of megabytes would cost seconds of both readers' time */
+    size_t unread = rd->len - rd->pos;
+    if (unread > MAX_LINE && !memmem(rd->buf + rd->pos, MAX_LINE, "\r\n", 2)) {
+        snprintf(why, whylen, "garbage from the server: a line over %d KB", MAX_LINE >> 10);
+        return false;
+    }
     /* a string still arriving: what is buffered of it counts too */
     if (w->reply_bytes + (rd->len - rd->pos) > (size_t)MAX_REPLY_MB << 20) {
         snprintf(why, whylen, "garbage from the server: a reply over %d MB", MAX_REPLY_MB);
@@ -1407,24 +1417,30 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         event_add(w->readable, NULL);
         return;
     }
-    if (n <= 0) {
-        /* hiredis reads the end, or the error, itself and disconnects */
+    if (n == 0) {
+        /* hiredis reads the end itself and disconnects */
         redisAsyncHandleRead(ac);
         return;
     }
     rconn *c = ac->data;
     rstore *st = c->st;
     char why[200];
+    if (n < 0) {
+        snprintf(why, sizeof why, "connection lost: %s", strerror(errno));
+        st->depth++;
+        conn_lost(c, why);
+        st->depth--;
+        return;
+    }
     size_t good;
     bool sound = screen(w, c, buf, (size_t)n, &good, why, sizeof why);
-    unsigned connects = c->connects;
     st->depth++;
     if (good > 0) {
         redisReaderFeed(ac->c.reader, buf, good);
         event_add(w->readable, NULL);
-        redisProcessCallbacks(ac); /* may drop the connection, or make a new one */
+        redisProcessCallbacks(ac); /* may drop the connection: c->ac is then NULL */
     }
-    if (!sound && c->connects == connects && c->ac)
+    if (!sound && c->ac)
         conn_lost(c, why); /* frees ac and w */
     st->depth--;
 }
@@ -1480,17 +1496,19 @@ static void conn_open(rconn *c, const char *ip)
         return;
     }
     ac->data = c;
-    c->connects++;
     watch(ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
 }
 
+static void resolve(rconn *c, int family);
+
 static void resolved(int result, struct evutil_addrinfo *found, void *arg)
 {
     rresolve *r = arg;
     rconn *c = r->c;
+    int family = r->family;
     free(r);
     if (!c) { /* cancelled: the connection attempt ended without it */
         if (found)
@@ -1500,24 +1518,21 @@ static void resolved(int result, struct evutil_addrinfo *found, void *arg)
     c->resolving = NULL;
     rstore *st = c->st;
     st->depth++;
-    /* IPv4 first, as hiredis's own lookup: a server bound to 127.0.0.1
-     * is not reached on ::1 */
-    const struct evutil_addrinfo *pick = found;
-    for (const struct evutil_addrinfo *a = found; a; a = a->ai_next)
-        if (a->ai_family == AF_INET) {
-            pick = a;
-            break;
-        }
     char ip[INET6_ADDRSTRLEN] = "";
-    if (result == 0 && pick) {
-        const void *addr = pick->ai_family == AF_INET6
-                               ? (const void *)&((struct sockaddr_in6 *)pick->ai_addr)->sin6_addr
-                               : (const void *)&((struct sockaddr_in *)pick->ai_addr)->sin_addr;
-        inet_ntop(pick->ai_family, addr, ip, sizeof ip);
+    if (result == 0 && found) {
+        const void *addr = found->ai_family == AF_INET6
+                               ? (const void *)&((struct sockaddr_in6 *)found->ai_addr)->sin6_addr
+                               : (const void *)&((struct sockaddr_in *)found->ai_addr)->sin_addr;
+        inet_ntop(found->ai_family, addr, ip, sizeof ip);
     }
     if (found)
         evutil_freeaddrinfo(found);
-    if (ip[0]) {
+    if (!conn_needed(c)) {
+        conn_drop(c); /* the store closed meanwhile */
+    } else if (!ip[0] && family == AF_INET &&
+               (result == EVUTIL_EAI_NONAME || result == EVUTIL_EAI_NODATA)) {
+        resolve(c, AF_INET6);
+    } else if (ip[0]) {
         conn_open(c, ip);
     } else {
         char why[300];
@@ -1526,6 +1541,25 @@ static void resolved(int result, struct evutil_addrinfo *found, void *arg)
         conn_lost(c, why);
     }
     st->depth--;
+}
+
+/* Looks the host's name up in one family: IPv4 first, then IPv6 if it
+ * has no IPv4 address, as hiredis's own lookup does (both at once would
+ * wait for the slower answer: up to 3 s where AAAA queries go unanswered). */
+static void resolve(rconn *c, int family)
+{
+    struct evdns_base *dns = ls_loop_dns();
+    evdns_base_clear_host_addresses(dns);
+    evdns_base_load_hosts(dns, "/etc/hosts");
+    rresolve *r = calloc(1, sizeof *r);
+    r->c = c;
+    r->family = family;
+    c->resolving = r;
+    struct evutil_addrinfo hints = {.ai_family = family, .ai_socktype = SOCK_STREAM};
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(dns, c->st->host, NULL, &hints, resolved, r);
+    if (req) /* else answered already, and r freed (from /etc/hosts, say) */
+        r->req = req;
 }
 
 /* A name goes to the loop's resolver first: hiredis would look it up
@@ -1541,21 +1575,10 @@ static void conn_connect(rconn *c)
     c->started = ls_now();
     arm(c->timer, st->timeout);
     unsigned char addr[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, st->host, addr) == 1 || inet_pton(AF_INET6, st->host, addr) == 1) {
+    if (inet_pton(AF_INET, st->host, addr) == 1 || inet_pton(AF_INET6, st->host, addr) == 1)
         conn_open(c, st->host);
-        return;
-    }
-    struct evdns_base *dns = ls_loop_dns();
-    evdns_base_clear_host_addresses(dns);
-    evdns_base_load_hosts(dns, "/etc/hosts");
-    rresolve *r = calloc(1, sizeof *r);
-    r->c = c;
-    c->resolving = r;
-    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct evdns_getaddrinfo_request *req =
-        evdns_getaddrinfo(dns, st->host, NULL, &hints, resolved, r);
-    if (c->resolving == r) /* else answered already (from /etc/hosts) */
-        r->req = req;
+    else
+        resolve(c, AF_INET);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -1573,7 +1596,11 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     case CONN_CONNECTING:
     case CONN_HANDSHAKE:
-        snprintf(why, sizeof why, "no connection within %gs", c->st->timeout);
+        if (c->resolving)
+            snprintf(why, sizeof why, "no address for '%.40s' within %gs (DNS)", st->host,
+                     st->timeout);
+        else
+            snprintf(why, sizeof why, "no connection within %gs", c->st->timeout);
         conn_lost(c, why);
         break;
     case CONN_READY:

@@ -67,6 +67,8 @@ struct evdns_base *ls_loop_dns(void)
 void ls_loop_free(void)
 {
     if (loop_dns) {
+        /* a lookup cancelled just before (a store closed on the way out)
+         * is freed by a callback the loop will not run: evdns leaks it */
         evdns_base_free(loop_dns, 0);
         loop_dns = NULL;
     }

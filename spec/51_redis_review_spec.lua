@@ -162,6 +162,7 @@ describe("redis store edges", function()
       { "hugearray", "garbage from the server: a reply of more than 4096 elements (an array of 299999999 in it)" },
       { "hugebulk", "garbage from the server: a reply over 16 MB" },
       { "protocol", 'garbage from the server: Protocol error, got "!" as reply type byte' },
+      { "longline", "garbage from the server: a line over 64 KB" },
     }
     for _, case in ipairs(on_commands) do
       local mode, says = case[1], case[2]

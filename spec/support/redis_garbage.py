@@ -14,6 +14,7 @@ leader):
   hugearray    *299999999, an array of 299999999 elements (and no element)
   hugebulk     $999999999, then 17 MB of 'x' until the client hangs up
   protocol     !junk, a reply type byte that does not exist
+  longline     +, then 100 KB of 'x' and no line end
 
 and one that is slow, not garbage (for one request in flight at a time):
 
@@ -48,6 +49,7 @@ GARBAGE = {
     "hugearray": b"*299999999\r\n",
     "hugebulk": b"$999999999\r\n",
     "protocol": b"!junk\r\n",
+    "longline": b"+" + b"x" * 100 * 1024,
     "shortpush": b"*1\r\n$7\r\nmessage\r\n",
     "otherchannel": b"*3\r\n$7\r\nmessage\r\n$5\r\nother\r\n$1\r\nx\r\n",
 }
