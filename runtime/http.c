@@ -63,7 +63,8 @@ struct ls_http_request {
     buffer response; /* unary: the body; stream: data not yet handed out */
     buffer upload;   /* stream: request body not yet taken by libcurl */
     size_t upload_off;
-    bool paused; /* the read callback returned CURL_READFUNC_PAUSE */
+    bool paused;        /* the read callback returned CURL_READFUNC_PAUSE */
+    bool body_too_long; /* unary: cut off at MAX_BODY_MB */
     ls_http_header *resp_headers;
     size_t nresp_headers;
     ls_http_request *prev, *next; /* http->requests */
@@ -189,9 +190,19 @@ static int on_close_socket(void *clientp, curl_socket_t s)
 
 /* ---- libcurl's per-transfer callbacks (inside libcurl: no caller code) ---- */
 
+/* A body is held whole until its transfer ends: a server sending without
+ * end would take all the memory there is. No store's answer comes near. */
+#define MAX_BODY_MB 64
+#define STRINGIFY(x) STRINGIFY_(x)
+#define STRINGIFY_(x) #x
+
 static size_t on_write(char *data, size_t size, size_t n, void *userp)
 {
     ls_http_request *req = userp;
+    if (!req->data && req->response.len + size * n > (size_t)MAX_BODY_MB << 20) {
+        req->body_too_long = true;
+        return 0; /* libcurl ends the transfer with an error */
+    }
     buffer_add(&req->response, data, size * n);
     if (req->data && !req->in_ready) {
         req->in_ready = true;
@@ -351,7 +362,9 @@ static void fill_response(ls_http_request *req, ls_http_response *res, CURLcode 
         res->body = req->response.data ? req->response.data : "";
         res->len = req->response.len;
     }
-    if (code != CURLE_OK)
+    if (req->body_too_long)
+        res->error = "the response body is over " STRINGIFY(MAX_BODY_MB) " MB";
+    else if (code != CURLE_OK)
         res->error = req->errbuf[0] ? req->errbuf : curl_easy_strerror(code);
     res->sent_at = req->sent_at;
     res->headers = req->resp_headers;

@@ -373,6 +373,19 @@ describe("etcd store", function()
         L.run(5) -- the clean-up, while the server still runs
       end)
     end
+
+    it("cuts off a response body that does not end, naming it", function()
+      if not have_python then return end
+      local s = assert(L.store(garbage_etcd("hugebody"), { timeout = 5 }))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record)
+      a.retry = function() return nil end
+      a:run()
+      assert.truthy(loop_until(function() return find(log, "^a error") end, 10), table.concat(log, "\n"))
+      assert.matches("the response body is over 64 MB", select(2, find(log, "^a error")))
+      a:stop(); s:close()
+      L.run(5)
+    end)
   end)
 
   describe("with leases shorter than asked", function()

@@ -7,6 +7,8 @@ against real bytes on a real socket.
   types      200 with JSON of the wrong shape (revision an array, ID an object)
   http500    500 with an HTML page
   hangup     closes the connection after half a status line
+  hugebody   200 with a body that never ends (70 MB, then the connection
+             stays open)
 
 and two that pass every unary call on to a real etcd (argv[3] is its
 port) but break the /v3/watch stream:
@@ -183,6 +185,13 @@ def serve(conn):
                 data += chunk
             if MODE == "hangup":
                 conn.sendall(b"HTTP/1.")
+                return
+            if MODE == "hugebody":
+                conn.sendall(b"HTTP/1.1 200 X\r\nContent-Type: application/json\r\n\r\n{\"x\":\"")
+                chunk = b"x" * 65536
+                for _ in range(70 * 16):
+                    conn.sendall(chunk)
+                conn.recv(1)  # until the client hangs up
                 return
             status, body = BODIES[MODE]
             head = ("HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
