@@ -13,6 +13,7 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,7 @@ struct ls_http_request {
     size_t upload_off;
     bool paused;        /* the read callback returned CURL_READFUNC_PAUSE */
     bool body_too_long; /* unary: cut off at MAX_BODY_MB */
+    bool body_started;  /* header lines after it are trailers */
     ls_http_header *resp_headers;
     size_t nresp_headers;
     ls_http_request *prev, *next; /* http->requests */
@@ -199,6 +201,7 @@ static int on_close_socket(void *clientp, curl_socket_t s)
 static size_t on_write(char *data, size_t size, size_t n, void *userp)
 {
     ls_http_request *req = userp;
+    req->body_started = true;
     if (!req->data && req->response.len + size * n > (size_t)MAX_BODY_MB << 20) {
         req->body_too_long = true;
         return 0; /* libcurl ends the transfer with an error */
@@ -216,6 +219,10 @@ static size_t on_header(char *line, size_t size, size_t n, void *userp)
 {
     ls_http_request *req = userp;
     size_t len = size * n;
+    /* trailers after a chunked body: nothing of ours reads them, and
+     * libcurl sets them no limit */
+    if (req->body_started)
+        return len;
     if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
         /* a new response (after 100 Continue or a redirect): forget the old */
         for (size_t i = 0; i < req->nresp_headers; i++) {
@@ -497,6 +504,13 @@ void ls_http_free(ls_http *http)
     client_free(http);
 }
 
+/* Seconds as libcurl's milliseconds, rounded up: 0 would mean no limit. */
+static long whole_ms(double seconds)
+{
+    long ms = (long)ceil(seconds * 1000);
+    return ms > 0 ? ms : 1;
+}
+
 static ls_http_request *request_new(ls_http *http, const char *method, const char *url,
                                     const char *const *headers, double timeout)
 {
@@ -536,10 +550,20 @@ static ls_http_request *request_new(ls_http *http, const char *method, const cha
     SET(CURLOPT_TCP_KEEPIDLE, 10L);
     SET(CURLOPT_TCP_KEEPINTVL, 5L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    /* A timeout in the middle of a name lookup ends it: without this,
+     * libcurl waits for its resolver thread there, inside our loop, for
+     * as long as a DNS server that does not answer keeps it. */
+    SET(CURLOPT_QUICK_EXIT, 1L);
+    /* One request, one connection: over HTTP/2 (curl's default for https)
+     * a timed-out request leaves the connection, dead or not, to the next. */
+    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    /* Stores are reached directly: a proxy from the environment
+     * (http_proxy) may hold back a watch stream until it ends. */
+    SET(CURLOPT_NOPROXY, "*");
     if (timeout > 0)
-        SET(CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+        SET(CURLOPT_TIMEOUT_MS, whole_ms(timeout));
     if (http->connect_timeout > 0)
-        SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(http->connect_timeout * 1000));
+        SET(CURLOPT_CONNECTTIMEOUT_MS, whole_ms(http->connect_timeout));
     if (http->ca)
         SET(CURLOPT_CAINFO, http->ca);
     if (http->cert)

@@ -4,6 +4,7 @@
 local L = require "leadership"
 local R = require "redis"
 local Rec = require "record"
+local Dns = require "silent_dns"
 
 local have = H.have("redis-server", pending) and H.have("redis-cli", pending)
 
@@ -258,72 +259,28 @@ describe("redis store edges", function()
       end)
     end
   end)
-  -- A name the server is known by: a process in a mount namespace of its
-  -- own, with the spec's /etc/hosts and /etc/resolv.conf bound over the
-  -- machine's, and a name server on 127.0.0.77:53 that reads every query
-  -- and answers none.
+  -- A name the server is known by, looked up by a candidate in a mount
+  -- namespace whose name server never answers (spec/support/silent_dns.lua).
   describe("named by a host name", function()
-    local why_not = H.sh("id -u"):match("^0%s") == nil and "needs root: unshare -m, and port 53" or nil
     local function unavailable()
+      local why_not = Dns.unavailable()
       if not why_not then return false end
       if os.getenv("CI") then error(why_not) end
       pending(why_not)
       return true
     end
 
-    -- The child: a candidate on url that says what happens, each line
-    -- stamped with its own clock.
-    local CHILD = [[
-      local L = require "leadership"
-      local url, key, seconds = arg[1], arg[2], tonumber(arg[3])
-      local function say(...)
-        io.stdout:write(("%.3f "):format(L.now()), table.concat({ ... }, " "), "\n")
-        io.stdout:flush()
-      end
-      local s = assert(L.store(url, { timeout = 1 }))
-      local c = L.candidate(s, key, "a", { ttl = 1.5 })
-      c.on_elected = function(_, term) say("elected", term) end
-      c.on_renewed = function() say("renewed") end
-      c.on_lost = function(_, reason) say("lost", reason) end
-      c.on_error = function(_, err) say("error", err) end
-      c:run()
-      L.run(seconds)
-    ]]
-
     it("a reconnect waiting on a DNS server that never answers does not hold up the deadline", function()
       if unavailable() then return end
       -- hiredis's own getaddrinfo blocked the loop for the resolver's
       -- 3 s timeout: the deadline passed unseen, and on_lost came late
-      local dir = H.tmpdir("redis-dns")
-      local hosts, resolv, script = dir .. "/hosts", dir .. "/resolv.conf", dir .. "/child.lua"
-      local function write(path, text) local f = assert(io.open(path, "w")); f:write(text); f:close() end
-      write(hosts, "127.0.0.1 localhost\n127.0.0.1 redis-dns-spec\n")
-      write(resolv, "nameserver 127.0.0.77\noptions timeout:3 attempts:1\n")
-      write(script, CHILD)
-      local dns = H.spawn({ "python3", "-c", table.concat({
-        "import socket, sys",
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
-        "s.bind(('127.0.0.77', 53))",
-        "print('ready', flush=True)",
-        "while True: s.recv(512)" }, "\n") })
+      local dns = Dns.start("127.0.0.1 localhost\n127.0.0.1 redis-dns-spec\n")
       local server = R.start()
-      local child
-      finally(function()
-        H.signal(dns, "KILL")
-        if child then H.signal(child, "KILL") end
-        server:stop()
-      end)
-      assert.truthy(H.wait_until(function() return (H.read(dns.stdout) or ""):find("ready") end, 5),
-                    H.read(dns.stderr))
-      child = H.spawn({ "unshare", "-m", "sh", "-c",
-        ("mount --bind %s /etc/hosts && mount --bind %s /etc/resolv.conf && exec lua5.4 %s %s %s 8"):format(
-          H.quote(hosts), H.quote(resolv), H.quote(script),
-          H.quote("redis://redis-dns-spec:" .. server.port), H.quote(new_key())) },
-        { env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } })
-      local function said() return H.read(child.stdout) or "" end
-      assert.truthy(H.wait_until(function() return said():find("elected 1") end, 5), said() .. (H.read(child.stderr) or ""))
+      finally(function() dns:stop(); server:stop() end)
+      local _, said = dns:candidate("redis://redis-dns-spec:" .. server.port, new_key(), 8)
+      assert.truthy(H.wait_until(function() return said():find("elected 1") end, 5), said())
       -- the name now resolves only by DNS; the server goes away
-      write(hosts, "127.0.0.1 localhost\n")
+      dns:set_hosts("127.0.0.1 localhost\n")
       server:kill()
       assert.truthy(H.wait_until(function() return said():find(" lost ") end, 8), said())
       local last_held, lost_at
