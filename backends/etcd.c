@@ -9,9 +9,10 @@
  * and that revision is the term; a waiting candidate watches only the
  * deletion of the key just before its own (etcd's concurrency package,
  * without the herd). Every watch of a store shares one /v3/watch stream;
- * unary calls share a pool of UNARY_CONNECTIONS, and the lease's own calls
- * have a connection of their own, so a burst of campaigns never queues a
- * keepalive behind it (its send time is every leader's deadline).
+ * unary calls share a pool of UNARY_CONNECTIONS, and keepalives have a
+ * connection of their own, so neither a burst of campaigns nor a grant or
+ * revoke waiting on a member that hangs queues a keepalive behind it (its
+ * send time is every leader's deadline).
  *
  * Re-entrancy: a report to the engine may run Lua, which may cancel any
  * election or drop the store. Objects are therefore only marked dead while
@@ -169,7 +170,7 @@ struct etcd {
     char *token;
     ls_http_request *auth_req;
     ls_http *http;       /* unary calls */
-    ls_http *lease_http; /* grants, keepalives, revokes */
+    ls_http *lease_http; /* keepalives */
     ls_http *watch_http; /* the one watch stream */
     call *calls;
     entry *entries;
@@ -541,7 +542,7 @@ static call *call_start_within(etcd *s, const char *path, json_t *body, call_fn 
     json_decref(body);
     c->fn = fn;
     c->ctx = ctx;
-    c->via = strncmp(path, "/v3/lease/", 10) ? s->http : s->lease_http;
+    c->via = strcmp(path, "/v3/lease/keepalive") ? s->http : s->lease_http;
     c->timer = evtimer_new(ls_loop_base(), call_retry_cb, c);
     c->next = s->calls;
     if (c->next)
@@ -899,6 +900,9 @@ static int frame_next(stream_frame *f, const char *in, size_t len)
     return 0;
 }
 
+/* Ours watch one election's keys: a message of theirs is a few events. */
+#define MAX_WATCH_MESSAGE_MB 64
+
 static void stream_data(void *arg, const char *data, size_t len)
 {
     etcd *s = arg;
@@ -930,6 +934,12 @@ static void stream_data(void *arg, const char *data, size_t len)
         memmove(s->in, s->in + off, s->inlen - off);
         s->inlen -= off;
         s->frame.end -= off;
+    }
+    /* a message that never ends would take all the memory there is */
+    if (s->stream == stream && s->inlen > (size_t)MAX_WATCH_MESSAGE_MB << 20) {
+        char why[64];
+        snprintf(why, sizeof why, "a watch message over %d MB", MAX_WATCH_MESSAGE_MB);
+        stream_broken(s, why);
     }
     leave(s);
 }

@@ -16,6 +16,7 @@ port) but break the /v3/watch stream:
   watchjunk  the stream answers with bytes that are not JSON
   watchcut   the stream sends half a message and closes
   watchstall the stream sends its headers, then nothing, and stays open
+  watchhuge  the stream starts a message and sends 70 MB of it, no end
 
 and one that passes everything on but shortens every lease:
 
@@ -146,6 +147,15 @@ def proxy(conn):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n")
             if MODE == "watchstall":
+                while conn.recv(65536):
+                    pass
+                return
+            if MODE == "watchhuge":
+                start = b'{"result":{"watch_id":"1","created":true}}\n{"result":{"x":"'
+                conn.sendall(b"%x\r\n%s\r\n" % (len(start), start))
+                chunk = b"x" * 65536
+                for _ in range(70 * 16):
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 while conn.recv(65536):
                     pass
                 return
