@@ -373,6 +373,10 @@ static void fill_response(ls_http_request *req, ls_http_response *res, CURLcode 
         res->error = "the response body is over " STRINGIFY(MAX_BODY_MB) " MB";
     else if (code != CURLE_OK)
         res->error = req->errbuf[0] ? req->errbuf : curl_easy_strerror(code);
+    /* a transfer that failed part-way is no answer, whatever its status
+     * line said: callers that look at the status first see none */
+    if (res->error)
+        res->status = 0;
     res->sent_at = req->sent_at;
     res->headers = req->resp_headers;
     res->nheaders = req->nresp_headers;
