@@ -50,7 +50,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -1316,21 +1315,28 @@ static redisReader *screen_reader_new(rwatch *w)
     return rd;
 }
 
-/* A push we let hiredis route to sub_reply (a part of what it would):
- * "message" or "subscribe" on a channel SUBSCRIBEd on this connection,
- * with a third element. */
-static bool routable_push(const rstore *st, const redisReply *r)
+/* The key whose channel a pub/sub push names: a "message" or "subscribe"
+ * with a third element. NULL for any other reply. */
+static rkey *push_key(const rstore *st, const redisReply *r)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
-        return false;
-    if (strcasecmp(r->element[0]->str, "message") && strcasecmp(r->element[0]->str, "subscribe"))
-        return false;
-    for (const rkey *k = st->keys; k; k = k->next)
-        if (k->subscribed && strlen(k->channel) == r->element[1]->len &&
+        return NULL;
+    if (strcmp(r->element[0]->str, "message") && strcmp(r->element[0]->str, "subscribe"))
+        return NULL;
+    for (rkey *k = st->keys; k; k = k->next)
+        if (strlen(k->channel) == r->element[1]->len &&
             !memcmp(k->channel, r->element[1]->str, r->element[1]->len))
-            return true;
-    return false;
+            return k;
+    return NULL;
+}
+
+/* A push we let hiredis route to sub_reply (a part of what it would): one
+ * on a channel SUBSCRIBEd on this connection. */
+static bool routable_push(const rstore *st, const redisReply *r)
+{
+    const rkey *k = push_key(st, r);
+    return k && k->subscribed;
 }
 
 static unsigned replies_owed(const redisAsyncContext *ac)
@@ -1394,7 +1400,7 @@ static bool screen(rwatch *w, rconn *c, const char *buf, size_t len, size_t *goo
         return false;
     }
     /* a string still arriving: what is buffered of it counts too */
-    if (w->reply_bytes + (rd->len - rd->pos) > (size_t)MAX_REPLY_MB << 20) {
+    if (w->reply_bytes + unread > (size_t)MAX_REPLY_MB << 20) {
         snprintf(why, whylen, "garbage from the server: a reply over %d MB", MAX_REPLY_MB);
         return false;
     }
@@ -1510,14 +1516,6 @@ static void resolved(int result, struct evutil_addrinfo *found, void *arg)
     rconn *c = r->c;
     int family = r->family;
     free(r);
-    if (!c) { /* cancelled: the connection attempt ended without it */
-        if (found)
-            evutil_freeaddrinfo(found);
-        return;
-    }
-    c->resolving = NULL;
-    rstore *st = c->st;
-    st->depth++;
     char ip[INET6_ADDRSTRLEN] = "";
     if (result == 0 && found) {
         const void *addr = found->ai_family == AF_INET6
@@ -1527,6 +1525,11 @@ static void resolved(int result, struct evutil_addrinfo *found, void *arg)
     }
     if (found)
         evutil_freeaddrinfo(found);
+    if (!c) /* cancelled: the connection attempt ended without it */
+        return;
+    c->resolving = NULL;
+    rstore *st = c->st;
+    st->depth++;
     if (!conn_needed(c)) {
         conn_drop(c); /* the store closed meanwhile */
     } else if (!ip[0] && family == AF_INET &&
@@ -1600,7 +1603,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             snprintf(why, sizeof why, "no address for '%.40s' within %gs (DNS)", st->host,
                      st->timeout);
         else
-            snprintf(why, sizeof why, "no connection within %gs", c->st->timeout);
+            snprintf(why, sizeof why, "no connection within %gs", st->timeout);
         conn_lost(c, why);
         break;
     case CONN_READY:
@@ -1623,26 +1626,19 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *r = reply;
     if (!r || !ac->data || st->closing)
         return;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
+    /* the key the push is for (screen lets no other push through) */
+    rkey *k = push_key(st, r);
+    if (!k)
         return;
-    const char *kind = r->element[0]->str;
-    if (strcmp(kind, "message") && strcmp(kind, "subscribe"))
-        return;
-    if (!strcmp(kind, "subscribe")) {
+    if (!strcmp(r->element[0]->str, "subscribe")) {
         st->sub.backoff = 0.1;
         st->sub.confirmed = true;
         st->sub.unconfirmed = 0;
     }
+    /* a change, or a (re)subscription that may have missed some: look
+     * again */
     st->depth++;
-    for (rkey *k = st->keys; k; k = k->next) {
-        if (strlen(k->channel) == r->element[1]->len && !strcmp(k->channel, r->element[1]->str)) {
-            /* a change, or a (re)subscription that may have missed some:
-             * look again */
-            each_election(st, k, step_cb, NULL);
-            break;
-        }
-    }
+    each_election(st, k, step_cb, NULL);
     st->depth--;
 }
 
