@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from loopback_server import serve_forever
+
 PORT = int(sys.argv[1])
 MODE = sys.argv[2]
 UPSTREAM = int(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -215,14 +217,4 @@ def serve(conn):
         conn.close()
 
 
-def main():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", PORT))
-    srv.listen(64)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-
-main()
+serve_forever(PORT, serve)

@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+from loopback_server import serve_forever
+
 PORT = int(sys.argv[1])
 MODE = sys.argv[2]
 UPSTREAM = int(sys.argv[3])
@@ -137,15 +139,24 @@ class Relay:
             except OSError:
                 pass
 
+    def receive(self, sock, side):
+        """The next bytes from sock, or None once that side hung up (both
+        are then hung up)."""
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.end(side)
+            return None
+        return data
+
     def from_client(self):
         buf = b""
         while True:
-            try:
-                data = self.client.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                return self.end("client")
+            data = self.receive(self.client, "client")
+            if data is None:
+                return
             buf += data
             pos = 0
             # each command is noted before its last byte goes on, so
@@ -209,12 +220,9 @@ class Relay:
     def from_server(self):
         buf = b""
         while True:
-            try:
-                data = self.up.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                return self.end("server")
+            data = self.receive(self.up, "server")
+            if data is None:
+                return
             buf += data
             # only whole replies go on, so the garbage lands between
             # replies, not inside one
@@ -248,14 +256,4 @@ def serve(client):
     relay.from_server()
 
 
-def main():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", PORT))
-    srv.listen(64)
-    while True:
-        client, _ = srv.accept()
-        threading.Thread(target=serve, args=(client,), daemon=True).start()
-
-
-main()
+serve_forever(PORT, serve)
