@@ -133,6 +133,8 @@ struct zk_elec {
     char prefix[64];       /* "_c_<uuid>-" */
     char *node;            /* our child's name once known */
     uint64_t czxid;        /* our node's: the term while we lead */
+    double proved_at;      /* while leader: the send time of the last answer
+                              that proved its holding */
     struct event *timer;   /* gives up waiting for a session; reports a deferred
                               failure; bounds the loop hold while cleaning up */
     char *failure;         /* reported when the timer fires */
@@ -155,6 +157,7 @@ struct zk_store {
     unsigned dispatching;       /* inside on_wake: freeing the store waits */
     bool closed;                /* the engine closed the store */
     bool lose_create_reply;     /* test hook */
+    double age_children_reply;  /* test hook: seconds */
     uint64_t next_id;
     zk_elec *elecs;
     struct event *ping_timer;
@@ -487,6 +490,9 @@ static const char *utf8_problem(const unsigned char *p, int len)
     return NULL;
 }
 
+/* A leader whose holding a sync's answer proves. */
+static bool synced(const zk_elec *el) { return el->e && el->leader && el->phase == PH_QUEUED; }
+
 /* How long an answer proves el's holding: the engine's renew_deadline,
  * which is meant against a session of ttl seconds. The server may have
  * granted a shorter one: scale it down alike, so the deadline always falls
@@ -593,6 +599,7 @@ static void start_create(zk_elec *el);
 static void check(zk_elec *el);
 static void follow_read(zk_elec *el);
 static void ping_schedule(zk_store *s);
+static void ping_retry(zk_store *s);
 static void resume(zk_elec *el);
 
 /* Fails el after the current call stack: the engine must not be re-entered
@@ -783,6 +790,11 @@ static void on_checked(zk_elec *el, zk_msg *m)
         elec_fail(el, message);
         return;
     }
+    if (s->age_children_reply > 0) {
+        /* test hook: as if the list had waited behind thousands of others */
+        m->sent_at -= s->age_children_reply;
+        s->age_children_reply = 0;
+    }
     long long mine = -1;
     const char *lowest = NULL, *pred = NULL;
     long long lowest_seq = -1, pred_seq = -1;
@@ -814,6 +826,7 @@ static void on_checked(zk_elec *el, zk_msg *m)
     }
     if (!pred) {
         double from = valid_from(el, m->sent_at);
+        el->proved_at = m->sent_at;
         if (el->leader) {
             ls_election_renewed(el->e, from);
             return;
@@ -982,15 +995,19 @@ static void on_reply(zk_store *s, zk_msg *m)
         if (m->rc != ZOK) {
             if (!transient(m->rc))
                 ls_log(LS_WARN, "zookeeper: sync failed: %s", zerror(m->rc));
+            ping_retry(s);
             return;
         }
         size_t n;
         zk_elec **all = elecs_pin(s, &n);
         for (size_t i = 0; i < n; i++) {
-            if (all[i]->e && all[i]->leader && all[i]->phase == PH_QUEUED)
+            if (synced(all[i])) {
+                all[i]->proved_at = m->sent_at;
                 ls_election_renewed(all[i]->e, valid_from(all[i], m->sent_at));
+            }
         }
         elecs_unpin(all, n);
+        ping_schedule(s);
         return;
     }
     if (m->op == OP_PARENT) {
@@ -1255,54 +1272,81 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 /* ---- renewal: one sync per session, whatever the number of leaders ---- */
 
-/* False if no election leads. Else the period of the sync: a third of the
- * session (or ttl, if shorter), and at most half of every leader's valid
- * window, so every leader sends two syncs within it (the two bounds agree
- * at the default renew_deadline). */
-static bool ping_period(zk_store *s, double *period)
+/* How often el's holding must be proved: a third of the session (or ttl,
+ * if shorter), and at most half its valid window, so two syncs fall within
+ * it (the two bounds agree at the default renew_deadline). */
+static double ping_period(const zk_elec *el)
+{
+    double span = el->store->negotiated < el->ttl ? el->store->negotiated : el->ttl;
+    return fmin(span / 3, valid_window(el) / 2);
+}
+
+/* False if no election leads (as synced() says). Else when the next sync
+ * is due: a period after the oldest leader's proof. A new leader's proof
+ * may be old already: under load the list that elected it waited long for
+ * its answer, and its deadline is near. */
+static bool ping_due(zk_store *s, double *due)
 {
     bool found = false;
     for (zk_elec *el = s->elecs; el; el = el->next) {
-        if (!el->e || !el->leader)
+        if (!synced(el))
             continue;
-        double span = s->negotiated < el->ttl ? s->negotiated : el->ttl;
-        double p = fmin(span / 3, valid_window(el) / 2);
-        if (!found || p < *period)
-            *period = p;
+        double at = el->proved_at + ping_period(el);
+        if (!found || at < *due)
+            *due = at;
         found = true;
     }
     return found;
 }
 
+/* Arms the sync timer for when the next sync is due, or at once if that is
+ * past. While a sync is out its answer schedules the next: one sent sooner
+ * would only queue behind it. */
 static void ping_schedule(zk_store *s)
 {
-    double period = 0;
-    if (!s->connected || !ping_period(s, &period)) {
+    double due = 0;
+    if (!s->connected || !ping_due(s, &due)) {
         evtimer_del(s->ping_timer);
         return;
     }
-    /* a new leader may need it sooner than it is due */
+    if (s->ping_out)
+        return;
     double now = ls_now();
-    if (!evtimer_pending(s->ping_timer, NULL) || now + period < s->ping_at) {
-        s->ping_at = now + period;
-        timer_arm(s->ping_timer, period);
+    if (due < now)
+        due = now;
+    if (!evtimer_pending(s->ping_timer, NULL) || due < s->ping_at) {
+        s->ping_at = due;
+        timer_arm(s->ping_timer, due - now);
     }
+}
+
+/* After a sync failed: the next a shortest period later, not at once (the
+ * leaders' proofs did not move, so their syncs are still due). A lost
+ * connection schedules again when it comes back. */
+static void ping_retry(zk_store *s)
+{
+    double period = 0;
+    for (zk_elec *el = s->elecs; el; el = el->next) {
+        if (synced(el) && (period == 0 || ping_period(el) < period))
+            period = ping_period(el);
+    }
+    if (!s->connected || period == 0)
+        return;
+    s->ping_at = ls_now() + period;
+    timer_arm(s->ping_timer, period);
 }
 
 static void on_ping_timer(evutil_socket_t fd, short what, void *arg)
 {
     zk_store *s = arg;
-    double period = 0;
-    if (!s->connected || !ping_period(s, &period))
+    double due;
+    if (!s->connected || s->ping_out || !ping_due(s, &due))
         return;
-    if (!s->ping_out) {
-        /* a sync goes through the quorum leader: a server cut off from the
-         * quorum cannot answer it from a stale view */
-        zk_msg *m = req_new(s, NULL, OP_PING, "/");
-        s->ping_out = true;
-        req_sent(m, zoo_async(s->conn->zh, "/", on_string, m));
-    }
-    ping_schedule(s);
+    /* a sync goes through the quorum leader: a server cut off from the
+     * quorum cannot answer it from a stale view */
+    zk_msg *m = req_new(s, NULL, OP_PING, "/");
+    s->ping_out = true;
+    req_sent(m, zoo_async(s->conn->zh, "/", on_string, m));
 }
 
 /* ---- the vtable ---- */
@@ -1594,6 +1638,10 @@ static int zk_inject(ls_store *store, const char *fault, const char *arg, double
         s->lose_create_reply = true;
         return 0;
     }
+    if (!strcmp(fault, "age_children_reply")) {
+        s->age_children_reply = value;
+        return 0;
+    }
     if (!strcmp(fault, "expire_session")) {
         if (!s->connected) {
             snprintf(err, errlen, "expire_session: the store has no connected session");
@@ -1601,7 +1649,8 @@ static int zk_inject(ls_store *store, const char *fault, const char *arg, double
         }
         return expire_session(s, err, errlen);
     }
-    snprintf(err, errlen, "unknown zk fault '%s' (known: lose_create_reply, expire_session)",
+    snprintf(err, errlen,
+             "unknown zk fault '%s' (known: lose_create_reply, age_children_reply, expire_session)",
              fault);
     return -1;
 }
