@@ -14,7 +14,8 @@ local url, prefix, n, ttl = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4])
 assert(url and prefix and n and ttl, "usage: lua5.4 bench/many.lua URL PREFIX N TTL")
 
 local store = assert(L.store(url))
-local elected, leaders, errors = 0, 0, 0
+local elected, leaders, errors, lost = 0, 0, 0, 0
+local stopping = false
 local candidates = {}
 for i = 1, n do
   local c = L.candidate(store, prefix .. "/key-" .. i, "ours", { ttl = ttl })
@@ -31,15 +32,15 @@ for i = 1, n do
   -- handler's coroutine started cancels it)
   c.on_lost = function()
     if held then held, leaders = false, leaders - 1 end
+    if not stopping then lost = lost + 1 end
   end
   c.on_error = function() errors = errors + 1 end
   candidates[i] = c
   assert(c:run())
 end
 
-local stopping = false
 local function progress()
-  say("progress", ("elected=%d leaders=%d errors=%d"):format(elected, leaders, errors))
+  say("progress", ("elected=%d leaders=%d errors=%d lost=%d"):format(elected, leaders, errors, lost))
 end
 -- Stops in slices with a yield between them: a handler that runs past
 -- its budget without yielding is aborted (10,000 stops in one go are).

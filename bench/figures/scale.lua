@@ -41,9 +41,14 @@ local function measure(ctx, side, store, n)
   end
   if not m.cpu then ctx.note(name .. ": the process died (see " .. proc.stderr .. ")") end
   P.stop(proc, 15)
-  -- the last progress line, said on SIGTERM: keys held at the end
+  -- the last progress line, said on SIGTERM: keys held at the end, and how
+  -- many times a leader lost its key before it (none should, on a healthy
+  -- store)
   for _, l in ipairs(P.lines(proc)) do
-    if l.event == "progress" then m.leaders = tonumber(l.words[2] and l.words[2]:match("leaders=(%d+)")) end
+    if l.event == "progress" then
+      local words = table.concat(l.words, " ")
+      m.leaders, m.lost = tonumber(words:match("leaders=(%d+)")), tonumber(words:match("lost=(%d+)"))
+    end
   end
   store.clear(prefix)
   P.sleep(2)
@@ -71,6 +76,7 @@ return function(ctx)
       add("TCP connections to store", "conns", "connections", etcd and { ours = 4 } or nil)
       add("store requests/s steady", "req/s", "rps")
       add("keys held at the end", "count", "leaders")
+      add("leaderships lost before the end", "count", "lost")
     end
   end
 end

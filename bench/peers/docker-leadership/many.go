@@ -26,7 +26,7 @@ const errorLines = 5
 // at least once, a progress line each second until then (and nothing
 // after), and runs until SIGTERM (saying a last progress line).
 func runMany(kv store.Store, prefix, node string, ttl time.Duration, n int) {
-	var elected, leaders, errors int64
+	var elected, leaders, errors, lost int64
 	allDone := make(chan struct{})
 	for i := 0; i < n; i++ {
 		go shard(kv, prefix+"/key-"+strconv.Itoa(i), node, ttl, func(won bool) {
@@ -34,6 +34,7 @@ func runMany(kv store.Store, prefix, node string, ttl time.Duration, n int) {
 				atomic.AddInt64(&leaders, 1)
 			} else {
 				atomic.AddInt64(&leaders, -1)
+				atomic.AddInt64(&lost, 1)
 			}
 		}, func() {
 			if atomic.AddInt64(&elected, 1) == int64(n) {
@@ -57,17 +58,20 @@ func runMany(kv store.Store, prefix, node string, ttl time.Duration, n int) {
 			tick.Stop()
 			ticks, done = nil, nil
 		case <-ticks:
-			say("progress", fmt.Sprintf("elected=%d leaders=%d errors=%d",
-				atomic.LoadInt64(&elected), atomic.LoadInt64(&leaders), atomic.LoadInt64(&errors)))
+			progress(&elected, &leaders, &errors, &lost)
 		case <-stop:
-			say("progress", fmt.Sprintf("elected=%d leaders=%d errors=%d",
-				atomic.LoadInt64(&elected), atomic.LoadInt64(&leaders), atomic.LoadInt64(&errors)))
+			progress(&elected, &leaders, &errors, &lost)
 			// No Stop() per candidate: the keys are unique to this run
 			// (the runner deletes them); 10,000 Unlock calls would only
 			// measure shutdown.
 			return
 		}
 	}
+}
+
+func progress(elected, leaders, errors, lost *int64) {
+	say("progress", fmt.Sprintf("elected=%d leaders=%d errors=%d lost=%d", atomic.LoadInt64(elected),
+		atomic.LoadInt64(leaders), atomic.LoadInt64(errors), atomic.LoadInt64(lost)))
 }
 
 // shard keeps one key's campaign going: a new Candidate after each error.
