@@ -133,7 +133,7 @@ struct zk_elec {
     char prefix[64];       /* "_c_<uuid>-" */
     char *node;            /* our child's name once known */
     uint64_t czxid;        /* our node's: the term while we lead */
-    double proved_at;      /* while leader: the send time of the last answer
+    double proved_at;      /* while leader: the latest send time of an answer
                               that proved its holding */
     struct event *timer;   /* gives up waiting for a session; reports a deferred
                               failure; bounds the loop hold while cleaning up */
@@ -826,7 +826,7 @@ static void on_checked(zk_elec *el, zk_msg *m)
     }
     if (!pred) {
         double from = valid_from(el, m->sent_at);
-        el->proved_at = m->sent_at;
+        el->proved_at = fmax(el->proved_at, m->sent_at); /* a sync may have proved more */
         if (el->leader) {
             ls_election_renewed(el->e, from);
             return;
@@ -1002,7 +1002,7 @@ static void on_reply(zk_store *s, zk_msg *m)
         zk_elec **all = elecs_pin(s, &n);
         for (size_t i = 0; i < n; i++) {
             if (synced(all[i])) {
-                all[i]->proved_at = m->sent_at;
+                all[i]->proved_at = fmax(all[i]->proved_at, m->sent_at);
                 ls_election_renewed(all[i]->e, valid_from(all[i], m->sent_at));
             }
         }
