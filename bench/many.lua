@@ -43,8 +43,9 @@ local function progress()
   say("progress", ("elected=%d leaders=%d errors=%d lost=%d"):format(elected, leaders, errors, lost))
 end
 -- Stops in slices with a yield between them: a handler that runs past
--- its budget without yielding is aborted (10,000 stops in one go are).
-local STOP_SLICE = 500
+-- its budget without yielding is aborted (10,000 stops in one go are, and
+-- 500 on the file store, whose stops write to disk, once were).
+local STOP_SLICE = 100
 L.on_signal("TERM", function()
   progress()
   stopping = true
