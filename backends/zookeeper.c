@@ -106,6 +106,7 @@ struct zk_conn {
 
 enum zk_phase {
     PH_PENDING,   /* waiting for a connected session */
+    PH_TURN,      /* waiting for a create to go out: CREATES_IN_FLIGHT are */
     PH_CREATING,  /* our create is in flight */
     PH_FINDING,   /* the create's outcome is unknown: looking for our node */
     PH_QUEUED,    /* our node is known: checking, waiting or leading */
@@ -153,6 +154,8 @@ struct zk_store {
     uint64_t gens; /* sessions made so far */
     bool connected;
     bool ping_out;
+    unsigned creates_out;       /* of this session, unanswered */
+    bool turns_waiting;         /* an election may be in PH_TURN */
     bool session_for_followers; /* its timeout was not a candidate's ttl */
     unsigned dispatching;       /* inside on_wake: freeing the store waits */
     bool closed;                /* the engine closed the store */
@@ -536,6 +539,7 @@ static int conn_open(zk_store *s, char *err, size_t errlen)
     s->connected = false;
     s->negotiated = 0;
     s->ping_out = false;
+    s->creates_out = 0;
     return 0;
 }
 
@@ -694,6 +698,12 @@ static void wait_for_session(zk_elec *el)
     timer_arm(el->timer, el->store->timeout);
 }
 
+/* Creates one session has in flight at most. The server answers a session's
+ * requests in order: a list sent behind thousands of creates (elections
+ * started at once) came back seconds later, too late to prove the hold of
+ * the leader it elected (README, ZooKeeper). */
+#define CREATES_IN_FLIGHT 64
+
 static void start_create(zk_elec *el)
 {
     zk_store *s = el->store;
@@ -705,6 +715,12 @@ static void start_create(zk_elec *el)
         wait_for_session(el);
         return;
     }
+    if (s->creates_out >= CREATES_IN_FLIGHT) {
+        el->phase = PH_TURN;
+        s->turns_waiting = true;
+        return;
+    }
+    s->creates_out++;
     el->phase = PH_CREATING;
     new_prefix(el);
     if (!el->parents_made) {
@@ -725,6 +741,28 @@ static void start_create(zk_elec *el)
     req_sent(m, zoo_acreate2(s->conn->zh, path, v->value, (int)v->value_len, &s->acl,
                              ZOO_EPHEMERAL_SEQUENTIAL, on_created, m));
     free(path);
+}
+
+/* Sends the creates of elections waiting in PH_TURN while fewer than
+ * CREATES_IN_FLIGHT are out, the longest waiting first (the list is newest
+ * first). Without a session they wait for one instead. */
+static void give_turns(zk_store *s)
+{
+    if (!s->turns_waiting)
+        return;
+    s->turns_waiting = false;
+    zk_elec *oldest = s->elecs;
+    while (oldest && oldest->next)
+        oldest = oldest->next;
+    for (zk_elec *el = oldest; el; el = el->prev) {
+        if (el->phase != PH_TURN)
+            continue;
+        if (s->connected && s->creates_out >= CREATES_IN_FLIGHT) {
+            s->turns_waiting = true;
+            return;
+        }
+        start_create(el);
+    }
 }
 
 static void check(zk_elec *el)
@@ -990,6 +1028,8 @@ static void on_reply(zk_store *s, zk_msg *m)
     zk_elec *el = m->elec;
     if (!s->conn || m->gen != s->conn->gen)
         return; /* from a session that is over: nothing of it is ours any more */
+    if (m->op == OP_CREATE && s->creates_out > 0)
+        s->creates_out--; /* give_turns sends the next, after this batch */
     if (m->op == OP_PING) {
         s->ping_out = false;
         if (m->rc != ZOK) {
@@ -1266,6 +1306,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         msg_free(m);
         m = next;
     }
+    if (!s->closed)
+        give_turns(s);
     s->dispatching--;
     store_free_if_done(s);
 }

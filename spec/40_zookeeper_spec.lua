@@ -382,6 +382,50 @@ describe("zookeeper store", function()
       assert.is_true(left > 1, ("deadline %.2f s away"):format(left))
     end)
 
+    it("keeps 64 creates in flight at most, so 1,000 elections started at once lose none", function()
+      -- one session's requests are answered in order: with every create out
+      -- at once, the lists that elect came back behind thousands of
+      -- requests, after the deadline they had to prove (2 s at ttl 3; make
+      -- bench, 2,000 elections: 328 lost). With the server stopped, what
+      -- the client has sent waits in the sockets: count it
+      local s = assert(L.store(zk.url))
+      local prefix, n = new_key(), 1000
+      local elected, lost = 0, 0
+      local cs = {}
+      finally(function()
+        zk:server(1):resume()
+        for _, c in ipairs(cs) do c:stop() end
+        cs = nil -- the leak check counts them until they are collected
+        L.run(5)
+        collectgarbage()
+      end)
+      local function count(c)
+        c.on_elected = function() elected = elected + 1 end
+        c.on_lost = function() lost = lost + 1 end
+        cs[#cs + 1] = c
+        c:run()
+      end
+      count(L.candidate(s, prefix .. "/first", "a", { ttl = 3 })) -- the session, the parents
+      assert.truthy(loop_until(function() return elected == 1 end, 5))
+      zk:server(1):pause()
+      for i = 1, n do count(L.candidate(s, prefix .. "/key-" .. i, "a", { ttl = 3 })) end
+      L.sleep(0.3)
+      local queued, port = 0, zk:server(1).port
+      for line in H.sh(("ss -Htn '( dport = :%d or sport = :%d )'"):format(port, port)):gmatch("[^\n]+") do
+        local recv, send, here = line:match("^%S+%s+(%d+)%s+(%d+)%s+%S+:(%d+)%s")
+        queued = queued + (tonumber(here) == port and tonumber(recv) or tonumber(send))
+      end
+      zk:server(1):resume()
+      io.stderr:write(("\n[zookeeper] %d elections started on a stopped server: %d bytes sent\n"):format(n, queued))
+      -- 64 creates, each with its parents' creates: some 30 KB; all 1,000: 490 KB
+      assert.is_true(queued > 0 and queued < 150000, ("%d bytes queued"):format(queued))
+      local t0 = L.now()
+      assert.truthy(loop_until(function() return elected == n + 1 end, 30), ("%d elected"):format(elected))
+      io.stderr:write(("[zookeeper] all elected %.2f s after the server went on\n"):format(L.now() - t0))
+      L.sleep(3) -- past the deadline of the first ones elected
+      assert.equal(0, lost)
+    end)
+
     it("steps down at its deadline when the server stops answering, leads again after", function()
       local s = assert(L.store(zk.url))
       local key = new_key()
