@@ -134,11 +134,13 @@ struct zk_elec {
     char prefix[64];       /* "_c_<uuid>-" */
     char *node;            /* our child's name once known */
     uint64_t czxid;        /* our node's: the term while we lead */
-    double proved_at;      /* while leader: the latest send time of an answer
-                              that proved its holding */
-    struct event *timer;   /* gives up waiting for a session; reports a deferred
-                              failure; bounds the loop hold while cleaning up */
-    char *failure;         /* reported when the timer fires */
+    zk_elec *turn_next;    /* in the store's turns (holding a reference) */
+    bool in_turns;
+    double proved_at;    /* while leader: the latest send time of an answer
+                            that proved its holding */
+    struct event *timer; /* gives up waiting for a session; reports a deferred
+                            failure; bounds the loop hold while cleaning up */
+    char *failure;       /* reported when the timer fires */
 };
 
 struct zk_store {
@@ -154,13 +156,13 @@ struct zk_store {
     uint64_t gens; /* sessions made so far */
     bool connected;
     bool ping_out;
-    unsigned creates_out;       /* of this session, unanswered */
-    bool turns_waiting;         /* an election may be in PH_TURN */
-    bool session_for_followers; /* its timeout was not a candidate's ttl */
-    unsigned dispatching;       /* inside on_wake: freeing the store waits */
-    bool closed;                /* the engine closed the store */
-    bool lose_create_reply;     /* test hook */
-    double age_children_reply;  /* test hook: seconds */
+    unsigned creates_out;        /* of this session, unanswered */
+    zk_elec *turns, *turns_last; /* in PH_TURN (or were), oldest first */
+    bool session_for_followers;  /* its timeout was not a candidate's ttl */
+    unsigned dispatching;        /* inside on_wake: freeing the store waits */
+    bool closed;                 /* the engine closed the store */
+    bool lose_create_reply;      /* test hook */
+    double age_children_reply;   /* test hook: seconds */
     uint64_t next_id;
     zk_elec *elecs;
     struct event *ping_timer;
@@ -323,6 +325,18 @@ static void elec_unref(zk_elec *el)
     free(el->dir);
     free(el->node);
     free(el);
+}
+
+/* The oldest of the store's turns, taken off them: the caller unrefs it. */
+static zk_elec *turns_pop(zk_store *s)
+{
+    zk_elec *el = s->turns;
+    s->turns = el->turn_next;
+    if (!s->turns)
+        s->turns_last = NULL;
+    el->turn_next = NULL;
+    el->in_turns = false;
+    return el;
 }
 
 static void msg_free(zk_msg *m)
@@ -575,6 +589,8 @@ static void store_free(zk_store *s)
 {
     while (s->elecs)
         elec_finish(s->elecs);
+    while (s->turns)
+        elec_unref(turns_pop(s));
     zk_msg *m = s->queue_head;
     while (m) {
         zk_msg *next = m->queued;
@@ -717,7 +733,15 @@ static void start_create(zk_elec *el)
     }
     if (s->creates_out >= CREATES_IN_FLIGHT) {
         el->phase = PH_TURN;
-        s->turns_waiting = true;
+        if (!el->in_turns) {
+            el->in_turns = true;
+            el->refs++;
+            if (s->turns_last)
+                s->turns_last->turn_next = el;
+            else
+                s->turns = el;
+            s->turns_last = el;
+        }
         return;
     }
     s->creates_out++;
@@ -743,25 +767,17 @@ static void start_create(zk_elec *el)
     free(path);
 }
 
-/* Sends the creates of elections waiting in PH_TURN while fewer than
- * CREATES_IN_FLIGHT are out, the longest waiting first (the list is newest
- * first). Without a session they wait for one instead. */
+/* Sends the creates of elections waiting in PH_TURN, the longest waiting
+ * first, while fewer than CREATES_IN_FLIGHT are out. Those that left
+ * PH_TURN meanwhile are dropped; without a session the rest wait for one
+ * instead. */
 static void give_turns(zk_store *s)
 {
-    if (!s->turns_waiting)
-        return;
-    s->turns_waiting = false;
-    zk_elec *oldest = s->elecs;
-    while (oldest && oldest->next)
-        oldest = oldest->next;
-    for (zk_elec *el = oldest; el; el = el->prev) {
-        if (el->phase != PH_TURN)
-            continue;
-        if (s->connected && s->creates_out >= CREATES_IN_FLIGHT) {
-            s->turns_waiting = true;
-            return;
-        }
-        start_create(el);
+    while (s->turns && (!s->connected || s->creates_out < CREATES_IN_FLIGHT)) {
+        zk_elec *el = turns_pop(s);
+        if (el->phase == PH_TURN)
+            start_create(el);
+        elec_unref(el);
     }
 }
 
