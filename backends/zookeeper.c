@@ -19,7 +19,8 @@
  *
  * The session is the leadership. A leader's holding is valid from the send
  * time of the last request the server answered: a sync every third of the
- * session timeout, or more often for a short renew_deadline (a sync,
+ * session timeout, or more often for a short renew_deadline, or at once
+ * for a new leader whose list was long on its way (a sync,
  * because it goes through the quorum leader: a server cut off from the
  * quorum cannot answer it from a stale view, as it could a read). So a
  * leader that stops hearing from ZooKeeper steps down at its local
