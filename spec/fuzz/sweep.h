@@ -1,4 +1,4 @@
-/* For the fuzz targets that keep files (file, policy): clearing what
+/* For the fuzz targets that keep files (file, policy, redis): clearing what
  * earlier runs left when they died. Needs _GNU_SOURCE before any include. */
 #ifndef LEADERSHIP_FUZZ_SWEEP_H
 #define LEADERSHIP_FUZZ_SWEEP_H
