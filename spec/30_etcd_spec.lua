@@ -379,7 +379,9 @@ describe("etcd store", function()
       if not have_python then return end
       local s = assert(L.store(garbage_etcd("hugebody"), { timeout = 5 }))
       local log, record = recorder()
-      local a = candidate(s, new_key(), "a", record)
+      -- ttl 30: the grant may take 6.5 s (half the renew period), time to
+      -- read 64 MB under ASan too (some 50 MB/s); ttl 3 gives it 0.65 s
+      local a = candidate(s, new_key(), "a", record, 30)
       a.retry = function() return nil end
       a:run()
       assert.truthy(loop_until(function() return find(log, "^a error") end, 10), table.concat(log, "\n"))
@@ -433,7 +435,9 @@ describe("etcd store", function()
       it("turns '" .. mode .. "' into errors and reconnects; the leader stays", function()
         if not have_python then return end
         local s, _, log, _, a, f = behind_relay(mode)
-        assert.truthy(loop_until(function() return count(log, "^f error") >= 2 end, 10), table.concat(log, "\n"))
+        -- watchhuge sends 70 MB per stream, and a's stream breaks too:
+        -- under ASan reading 256 MB takes seconds
+        assert.truthy(loop_until(function() return count(log, "^f error") >= 2 end, 30), table.concat(log, "\n"))
         assert.matches(says, select(2, find(log, "^f error")))
         L.sleep(1)
         -- the stream's trouble is no reason to step down: renewals go on
