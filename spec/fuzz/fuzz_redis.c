@@ -211,7 +211,7 @@ static int newest(bool sub)
 /* Up to 4 rounds of serve() and the loop, while either has anything to do.
  * The loop also runs after serve() closed a peer: the backend has an end
  * to read. What serve() reads gives it nothing: its commands never fill a
- * loopback socket's buffer, so none of its writes waits on one. */
+ * socket's buffer, so none of its writes waits on one. */
 static void step_loop(void)
 {
     for (int i = 0; i < 4; i++) {
