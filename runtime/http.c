@@ -67,8 +67,9 @@ struct ls_http_request {
     bool paused;        /* the read callback returned CURL_READFUNC_PAUSE */
     bool body_too_long; /* unary: cut off at MAX_BODY_MB */
     bool body_started;  /* header lines after it are trailers */
+    bool too_many_headers; /* cut off at MAX_RESPONSE_HEADERS */
     ls_http_header *resp_headers;
-    size_t nresp_headers;
+    size_t nresp_headers, resp_headers_cap;
     ls_http_request *prev, *next; /* http->requests */
     ls_http_request *ready_next;
     ls_http_request *grave_next;
@@ -215,6 +216,10 @@ static size_t on_write(char *data, size_t size, size_t n, void *userp)
     return size * n;
 }
 
+/* Stores send a handful of headers. libcurl bounds their bytes (300 KB),
+ * not their count, and each one kept costs two allocations. */
+#define MAX_RESPONSE_HEADERS 100
+
 static size_t on_header(char *line, size_t size, size_t n, void *userp)
 {
     ls_http_request *req = userp;
@@ -240,8 +245,15 @@ static size_t on_header(char *line, size_t size, size_t n, void *userp)
         v++;
     while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
         end--;
-    req->resp_headers =
-        realloc(req->resp_headers, (req->nresp_headers + 1) * sizeof *req->resp_headers);
+    if (req->nresp_headers == MAX_RESPONSE_HEADERS) {
+        req->too_many_headers = true;
+        return 0; /* libcurl ends the transfer with an error */
+    }
+    if (req->nresp_headers == req->resp_headers_cap) {
+        req->resp_headers_cap = req->resp_headers_cap ? 2 * req->resp_headers_cap : 8;
+        req->resp_headers =
+            realloc(req->resp_headers, req->resp_headers_cap * sizeof *req->resp_headers);
+    }
     ls_http_header *h = &req->resp_headers[req->nresp_headers++];
     h->name = strndup(line, (size_t)(colon - line));
     h->value = strndup(v, (size_t)(end - v));
@@ -371,6 +383,8 @@ static void fill_response(ls_http_request *req, ls_http_response *res, CURLcode 
     }
     if (req->body_too_long)
         res->error = "the response body is over " STRINGIFY(MAX_BODY_MB) " MB";
+    else if (req->too_many_headers)
+        res->error = "the response has over " STRINGIFY(MAX_RESPONSE_HEADERS) " headers";
     else if (code != CURLE_OK)
         res->error = req->errbuf[0] ? req->errbuf : curl_easy_strerror(code);
     /* a transfer that failed part-way is no answer, whatever its status

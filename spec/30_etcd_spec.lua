@@ -389,6 +389,20 @@ describe("etcd store", function()
       a:stop(); s:close()
       L.run(5)
     end)
+
+    it("refuses a response with more headers than a store sends, naming it", function()
+      if not have_python then return end
+      local s = assert(L.store(garbage_etcd("manyheaders"), { timeout = 5 }))
+      local log, record = recorder()
+      local a = candidate(s, new_key(), "a", record)
+      a.retry = function() return nil end
+      a:run()
+      assert.truthy(loop_until(function() return find(log, "^a error") end, 10), table.concat(log, "\n"))
+      assert.matches("the response has over 100 headers", select(2, find(log, "^a error")))
+      assert.is_false(a:is_leader())
+      a:stop(); s:close()
+      L.run(5)
+    end)
   end)
 
   describe("with leases shorter than asked", function()

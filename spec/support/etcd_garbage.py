@@ -9,6 +9,7 @@ against real bytes on a real socket.
   hangup     closes the connection after half a status line
   hugebody   200 with a body that never ends (70 MB, then the connection
              stays open)
+  manyheaders 200 with a sound lease grant after 1,000 header lines
 
 and two that pass every unary call on to a real etcd (argv[3] is its
 port) but break the /v3/watch stream:
@@ -46,7 +47,9 @@ BODIES = {
     "types": (200, b'{"header":{"revision":[1]},"ID":{"x":1},"TTL":true,"result":"no",'
                    b'"succeeded":"maybe","responses":7,"kvs":{"key":1}}'),
     "http500": (500, b"<html><body>Internal Server Error</body></html>"),
+    "manyheaders": (200, b'{"header":{"revision":"7"},"ID":"12","TTL":"3"}'),
 }
+EXTRA_HEADERS = "".join("X-Filler-%d: x\r\n" % i for i in range(1000)) if MODE == "manyheaders" else ""
 
 
 def read_request(conn):
@@ -206,8 +209,8 @@ def serve(conn):
                 conn.recv(1)  # until the client hangs up
                 return
             status, body = BODIES[MODE]
-            head = ("HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
-                    "Content-Length: %d\r\n\r\n" % (status, len(body))).encode()
+            head = ("HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%s"
+                    "Content-Length: %d\r\n\r\n" % (status, EXTRA_HEADERS, len(body))).encode()
             conn.sendall(head + body)
             # the request body, if any, is ignored: close to keep it simple
             return
