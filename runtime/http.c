@@ -64,9 +64,9 @@ struct ls_http_request {
     buffer response; /* unary: the body; stream: data not yet handed out */
     buffer upload;   /* stream: request body not yet taken by libcurl */
     size_t upload_off;
-    bool paused;        /* the read callback returned CURL_READFUNC_PAUSE */
-    bool body_too_long; /* unary: cut off at MAX_BODY_MB */
-    bool body_started;  /* header lines after it are trailers */
+    bool paused;           /* the read callback returned CURL_READFUNC_PAUSE */
+    bool body_too_long;    /* unary: cut off at MAX_BODY_MB */
+    bool body_started;     /* header lines after it are trailers */
     bool too_many_headers; /* cut off at MAX_RESPONSE_HEADERS */
     ls_http_header *resp_headers;
     size_t nresp_headers, resp_headers_cap;

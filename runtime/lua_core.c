@@ -231,6 +231,7 @@ int luaopen_leadership_core(lua_State *L)
         scratch_thread = lua_newthread(L);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
     }
+    ls_task_budget_coroutines(L);
     luaL_newlib(L, functions);
     ls_lua_store_open(L);
     ls_lua_election_open(L);

@@ -39,7 +39,9 @@ ls_task *ls_task_current(void) { return current_task; }
 unsigned long long ls_task_tag(ls_task *task) { return task->tag; }
 
 /* Errors out of a handler that has run too long. Once it fired it fires
- * on every instruction, so a pcall in the handler cannot swallow it. */
+ * on every instruction, in the thread it fired in and in the handler's
+ * own (a coroutine.resume that caught it returns there), so neither a
+ * pcall nor a resume can swallow it. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -48,12 +50,93 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         return;
     if (!task->killed && ls_now() - task->resumed_at <= task_budget)
         return;
-    if (!task->killed) {
-        task->killed = true;
+    task->killed = true;
+    if (lua_gethookcount(L) != 1)
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-    }
+    if (task->co && lua_gethookcount(task->co) != 1)
+        lua_sethook(task->co, budget_hook, LUA_MASKCOUNT, 1);
     luaL_error(L, "handler %s ran over its %d ms budget without yielding: aborted", task->name,
                (int)(task_budget * 1000));
+}
+
+/* Calls upvalue 1 with the arguments, `co` held to the running handler's
+ * budget meanwhile. A new coroutine inherits its creator's hook: one made
+ * outside any handler (a policy's top level) has none, and a handler
+ * resuming it would run it unbudgeted. A hook of someone else's (a
+ * debugger's) is left alone. */
+static int call_budgeted(lua_State *L, lua_State *co, bool wrapped)
+{
+    bool hooked = current_task && co && !lua_gethook(co);
+    if (hooked)
+        lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (hooked)
+        lua_sethook(co, NULL, 0, 0);
+    if (status == LUA_OK)
+        return lua_gettop(L);
+    /* the original prefixes its caller's position, which is now this
+     * function: ours stands in */
+    if (wrapped && status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+/* coroutine.resume and coroutine.close: [-?, +?, e] */
+static int budgeted_resume(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD); /* the same message as the original */
+    return call_budgeted(L, lua_tothread(L, 1), false);
+}
+
+/* What coroutine.wrap returns: [-?, +?, e] */
+static int budgeted_wrapped(lua_State *L)
+{
+    return call_budgeted(L, lua_tothread(L, lua_upvalueindex(2)), true);
+}
+
+/* coroutine.wrap: [-1, +1, e] */
+static int budgeted_wrap(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    /* the original's result keeps its coroutine as upvalue 1 */
+    if (!lua_getupvalue(L, -1, 1) || !lua_isthread(L, -1))
+        return luaL_error(L, "coroutine.wrap: no coroutine in its result");
+    lua_pushcclosure(L, budgeted_wrapped, 2);
+    return 1;
+}
+
+void ls_task_budget_coroutines(lua_State *L)
+{
+    static const struct {
+        const char *name;
+        lua_CFunction budgeted;
+    } replaced[] = {
+        {"resume", budgeted_resume},
+        {"close", budgeted_resume},
+        {"wrap", budgeted_wrap},
+    };
+    if (lua_getglobal(L, "coroutine") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    for (size_t i = 0; i < sizeof replaced / sizeof *replaced; i++) {
+        lua_getfield(L, -1, replaced[i].name);
+        lua_CFunction original = lua_tocfunction(L, -1);
+        if (!original || original == replaced[i].budgeted) { /* loaded twice */
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pushcclosure(L, replaced[i].budgeted, 1);
+        lua_setfield(L, -2, replaced[i].name);
+    }
+    lua_pop(L, 1);
 }
 
 static void group_unlink(ls_task *task)
@@ -158,8 +241,8 @@ static void task_resume(evutil_socket_t fd, short what, void *arg)
 int ls_task_pcall(lua_State *L, int nargs, int nresults, int msgh, const char *name)
 {
     /* the budget hook reads the current task: this call stands in as one,
-     * with no coroutine of its own to sleep in */
-    ls_task call = {.name = name, .resumed_at = ls_now()};
+     * running in L, with no wake-up to sleep on */
+    ls_task call = {.co = L, .name = name, .resumed_at = ls_now()};
     ls_task *outer = current_task;
     current_task = &call;
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
@@ -214,7 +297,7 @@ int ls_task_sleep(lua_State *L)
 {
     double seconds = luaL_optnumber(L, 1, 0);
     luaL_argcheck(L, seconds >= 0 && seconds == seconds, 1, "sleep wants seconds >= 0");
-    if (current_task && current_task->co == L) {
+    if (current_task && current_task->co == L && current_task->wake) {
         lua_pushlightuserdata(L, (void *)&sleep_mark);
         lua_pushnumber(L, seconds);
         return lua_yield(L, 2);

@@ -247,6 +247,67 @@ describe("engine on memory://", function()
     a:stop()
   end)
 
+  -- A new coroutine inherits its creator's hook, so one made outside any
+  -- handler has none: resumed by a handler, it is held to the handler's
+  -- budget all the same.
+  for _, how in ipairs({ "resume", "wrap" }) do
+    it("aborts a runaway coroutine made outside any handler and run by one (" .. how .. ")", function()
+      -- bounded, so that without the budget the spec fails, not hangs
+      local function work() for _ = 1, 1e8 do end end
+      local spin
+      if how == "resume" then
+        local co = coroutine.create(work)
+        spin = function() return coroutine.resume(co) end
+      else
+        spin = coroutine.wrap(work)
+      end
+      local s = new_store()
+      local old_budget = L.handler_budget()
+      L.handler_budget(0.05)
+      local errors = {}
+      local a = new_candidate(s, "k", "a", { ttl = 0.3 })
+      a.on_elected = function()
+        for _ = 1, 3 do pcall(spin) end
+      end
+      a.on_error = function(_, err) errors[#errors + 1] = err end
+      a:run()
+      L.sleep(0.5)
+      L.handler_budget(old_budget)
+      assert.truthy(errors[1] and errors[1]:match("budget"), tostring(errors[1]))
+      assert.is_true(a:is_leader()) -- renewed across more than a ttl
+      assert.is_true(a:stats().renewals >= 2)
+      a:stop()
+    end)
+  end
+
+  it("leaves coroutine.resume, close and wrap working as before outside handlers", function()
+    local co = coroutine.create(function(x)
+      local y = coroutine.yield(x + 1)
+      return y * 2
+    end)
+    assert.same({ true, 2 }, { coroutine.resume(co, 1) })
+    assert.same({ true, 10 }, { coroutine.resume(co, 5) })
+    assert.same({ false, "cannot resume dead coroutine" }, { coroutine.resume(co) })
+    assert.has_error(function() coroutine.resume(42) end, "bad argument #1 to 'resume' (thread expected, got number)")
+    local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+    local seen = {}
+    for i in gen do seen[#seen + 1] = i end
+    assert.same({ 1, 2, 3 }, seen)
+    local boom = coroutine.wrap(function() error("boom") end)
+    local ok, err = pcall(function() boom() end)
+    assert.is_false(ok)
+    -- where it was called, then where it was raised
+    assert.truthy(err:match("^[^:]+_spec%.lua:%d+: [^:]+_spec%.lua:%d+: boom$"), err)
+    local closed = false
+    local suspended = coroutine.create(function()
+      local guard <close> = setmetatable({}, { __close = function() closed = true end })
+      coroutine.yield()
+    end)
+    coroutine.resume(suspended)
+    assert.is_true(coroutine.close(suspended))
+    assert.is_true(closed)
+  end)
+
   it("cancels on_elected on loss: never resumed, to-be-closed variables closed", function()
     local s = new_store()
     local closed, resumed_after_loss = false, false

@@ -61,17 +61,48 @@ describe("leadership (the executable)", function()
     end)
   end
 
-  it("runs a policy and stops on SIGTERM with status 0", function()
+  -- Through sh, which writes the exit status to dir/status when leadership ends.
+  local function run_in_background(dir, policy)
+    return H.spawn({ "sh", "-c", '"$0" "$@"; echo $? >"$STATUS"', H.bin, "run", policy },
+      { dir = dir, env = { STATUS = dir .. "/status" } })
+  end
+
+  for _, signal in ipairs({ "TERM", "INT" }) do
+    it("runs a policy and stops on SIG" .. signal .. ", releasing, with status 0", function()
+      local dir = H.tmpdir("cli")
+      H.write(dir .. "/p.lua", [[
+        return { store = "memory://run", key = "k", ttl = 1,
+          on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() end,
+          on_lost = function(ctx, reason) print("lost " .. reason) io.stdout:flush() end }]])
+      local proc = run_in_background(dir, dir .. "/p.lua")
+      assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match("elected 1") end, 5))
+      os.execute(("pkill -%s -P %d"):format(signal, proc.pid))
+      assert.truthy(H.wait_until(function() return H.read(dir .. "/status") end, 5))
+      assert.equal("0", H.read(dir .. "/status"):match("%d+"))
+      assert.truthy((H.read(proc.stdout) or ""):match("lost stop"))
+      os.execute("rm -rf " .. H.quote(dir))
+    end)
+  end
+
+  -- A coroutine made by the policy's top level, outside any handler, has
+  -- no budget hook of its own: a handler running it gets one all the same.
+  it("aborts a handler spinning in a coroutine the policy made, and goes on leading", function()
     local dir = H.tmpdir("cli")
     H.write(dir .. "/p.lua", [[
+      local spin = coroutine.wrap(function() while true do end end)
       return { store = "memory://run", key = "k", ttl = 1,
-        on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() end,
+        on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() pcall(spin) end,
+        on_error = function(ctx, err) print("error " .. err) io.stdout:flush() end,
         on_lost = function(ctx, reason) print("lost " .. reason) io.stdout:flush() end }]])
     local proc = H.spawn({ H.bin, "run", dir .. "/p.lua" }, { dir = dir })
-    assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match("elected 1") end, 5))
-    H.signal(proc, "TERM")
-    assert.truthy(H.wait_until(function() return not H.alive(proc) end, 5))
-    assert.truthy((H.read(proc.stdout) or ""):match("lost stop"))
+    finally(function() H.stop(proc, 1) end) -- a process that spins has no ear for SIGTERM
+    assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match("error .-budget") end, 5),
+      H.read(proc.stdout))
+    os.execute("sleep 1.5") -- more than a ttl: renewals went on
+    assert.is_true(H.alive(proc))
+    local out = H.read(proc.stdout)
+    assert.falsy(out:match("lost"), out)
+    assert.equal(1, select(2, out:gsub("elected %d", "")), out) -- one term
     os.execute("rm -rf " .. H.quote(dir))
   end)
 end)
