@@ -1,7 +1,7 @@
 -- The seed's fault-tolerant program: store failures reach on_error, and
 -- instead of a hand-written "sleep 10 s and run again" loop the runtime
--- retries with exponential backoff and jitter. `attempts` makes it give
--- up (a final on_error) after that many consecutive failures.
+-- retries with exponential backoff and jitter. `attempts = N` makes it
+-- retry N times and give up (a final on_error) at failure N + 1 in a row.
 --   build/leadership run examples/retry.lua --store etcd://127.0.0.1:2379
 return {
   store = "file:///tmp/leadership-example",
