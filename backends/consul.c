@@ -15,8 +15,13 @@
  *
  * Elections. A candidate reads the key; if no session holds it, it sends
  * PUT /v1/kv/<key>?acquire=<session> with its value and, on `true`, reads
- * the key again to learn LockIndex: the term (Consul increments it on every
- * acquisition by a new session and never lowers it while the key exists).
+ * the key again to learn its term: CreateIndex + LockIndex. LockIndex alone
+ * counts the key's acquisitions (by a session that did not hold it), but
+ * starts again at 1 when the key is deleted (by behavior=delete, or by
+ * anyone) and made again. CreateIndex is the Raft index of the key's
+ * making. Every acquisition is a Raft write, so a key acquired L times is
+ * deleted at an index of at least CreateIndex + L, and made again above
+ * it: the sum only grows across leaders, and stays for a holder.
  * Otherwise it waits with a blocking query (?index=&wait=) and reports the
  * holder. A `false` on a vacant key means a lock-delay is running (Consul
  * refuses acquisitions for LockDelay after a session holding the key was
@@ -92,7 +97,7 @@ enum phase {
     PH_WAIT_RELEASE, /* an earlier release of this key is still in flight */
     PH_READ,         /* GET, blocking when index > 0 */
     PH_ACQUIRE,      /* PUT ?acquire= */
-    PH_CONFIRM,      /* GET after `true`: is it ours, with which LockIndex? */
+    PH_CONFIRM,      /* GET after `true`: is it ours, with which term? */
     PH_REFUSED,      /* GET after `false`: held by another, or a lock-delay? */
     PH_DELAY,        /* timer: a lock-delay retry, or a leader watch retry */
     PH_RELEASE,      /* PUT ?release=, detached */
@@ -230,7 +235,7 @@ static void note_failure(cstore *st, const ls_http_response *res)
 typedef struct kv_read {
     bool found;
     char session[64]; /* "" when no session holds the key */
-    uint64_t lock_index;
+    uint64_t term;    /* CreateIndex + LockIndex */
     char *value;
     size_t len;
 } kv_read;
@@ -246,9 +251,13 @@ static int parse_kv(const ls_http_response *res, kv_read *kv, char *err, size_t 
     json_t *value = json_object_get(entry, "Value");
     json_t *session = json_object_get(entry, "Session");
     json_t *lock_index = json_object_get(entry, "LockIndex");
+    json_t *create_index = json_object_get(entry, "CreateIndex");
     int rc = -1;
+    /* both are uint64 in Consul, read as signed here: a term is below 2^63 */
     if (!json_is_object(entry) || !json_is_integer(lock_index) ||
-        json_integer_value(lock_index) < 0 ||
+        !json_is_integer(create_index) || json_integer_value(lock_index) < 0 ||
+        json_integer_value(create_index) < 0 ||
+        json_integer_value(lock_index) > INT64_MAX - json_integer_value(create_index) ||
         (session && !json_is_null(session) && !json_is_string(session)) ||
         (value && !json_is_null(value) && !json_is_string(value))) {
         snprintf(err, n, "unexpected answer to a key read: %.120s", res->body ? res->body : "");
@@ -261,7 +270,7 @@ static int parse_kv(const ls_http_response *res, kv_read *kv, char *err, size_t 
         goto out;
     }
     kv->found = true;
-    kv->lock_index = (uint64_t)json_integer_value(lock_index);
+    kv->term = (uint64_t)(json_integer_value(create_index) + json_integer_value(lock_index));
     if (json_is_string(session))
         snprintf(kv->session, sizeof kv->session, "%s", json_string_value(session));
     rc = 0;
@@ -602,7 +611,7 @@ static void ce_handle_read(celection *ce, enum phase phase, const ls_http_respon
             ce_read(ce, PH_READ); /* still ours: keep watching */
         } else if (phase == PH_CONFIRM) {
             ce->leader = true;
-            ls_election_acquired(e, kv.lock_index, s->valid_from);
+            ls_election_acquired(e, kv.term, s->valid_from);
             if (ce->e == e) {
                 /* the holding is proven from the last renewal: refresh it
                  * if it is old, so the deadline starts with room (a
@@ -613,7 +622,7 @@ static void ce_handle_read(celection *ce, enum phase phase, const ls_http_respon
             }
         } else {
             /* our session holds it, but we never saw the acquire answered
-             * (a lost reply): acquire again, which keeps LockIndex */
+             * (a lost reply): acquire again, which keeps the term */
             ce_acquire(ce);
         }
         free(kv.value);
@@ -633,7 +642,7 @@ static void ce_handle_read(celection *ce, enum phase phase, const ls_http_respon
             session_check(s);
     }
     if (kv.session[0])
-        ls_election_leader(e, kv.value ? kv.value : "", kv.len, kv.lock_index);
+        ls_election_leader(e, kv.value ? kv.value : "", kv.len, kv.term);
     else
         ls_election_leader(e, NULL, 0, 0);
     if (ce->e != e)
@@ -1150,10 +1159,6 @@ static int consul_open(ls_store *store, const ls_store_config *cfg, char *err, s
                  behavior);
         return -1;
     }
-    if (!strcmp(behavior, "delete"))
-        ls_log(LS_WARN, "consul store: with behavior 'delete' an invalidated session deletes the "
-                        "key, and Consul restarts its LockIndex at 1: terms are then not "
-                        "fencing tokens across that");
     const char *tls = ls_config_get(cfg, "tls");
     if (tls && strcmp(tls, "true") && strcmp(tls, "false")) {
         snprintf(err, errlen, "consul store option 'tls' must be true or false");
