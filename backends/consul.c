@@ -254,9 +254,8 @@ static int parse_kv(const ls_http_response *res, kv_read *kv, char *err, size_t 
     json_t *create_index = json_object_get(entry, "CreateIndex");
     int rc = -1;
     /* both are uint64 in Consul, read as signed here: a term is below 2^63 */
-    if (!json_is_object(entry) || !json_is_integer(lock_index) ||
-        !json_is_integer(create_index) || json_integer_value(lock_index) < 0 ||
-        json_integer_value(create_index) < 0 ||
+    if (!json_is_object(entry) || !json_is_integer(lock_index) || !json_is_integer(create_index) ||
+        json_integer_value(lock_index) < 0 || json_integer_value(create_index) < 0 ||
         json_integer_value(lock_index) > INT64_MAX - json_integer_value(create_index) ||
         (session && !json_is_null(session) && !json_is_string(session)) ||
         (value && !json_is_null(value) && !json_is_string(value))) {
