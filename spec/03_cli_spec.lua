@@ -50,6 +50,12 @@ describe("leadership (the executable)", function()
     { "unknown command", { "rn", "POLICY" }, GOOD, "unknown command 'rn' %(did you mean 'run'%?%)" },
     { "ttl out of the store's range", { "run", "POLICY", "--ttl", "100000" }, GOOD,
       "ttl 100000 is out of range for the memory store" },
+    -- store = { url = ..., options }: the options reach the store
+    { "store option out of range", { "run", "POLICY" }, [[return { store = { url = "memory://x", timeout = 0 }, key = "k" }]],
+      "store option 'timeout' must be in %(0, 3600%] seconds" },
+    { "store option the backend lacks", { "run", "POLICY" },
+      [[return { store = { url = "memory://x", tls = { ca = "/etc/ca.pem" } }, key = "k" }]],
+      "unknown option 'tls.ca' for the memory store" },
   }
   for _, case in ipairs(cases) do
     local name, args, policy, expected = table.unpack(case)
@@ -89,6 +95,52 @@ describe("leadership (the executable)", function()
       os.execute("rm -rf " .. H.quote(dir))
     end)
   end
+
+  it("gives handlers ctx.node (the hostname by default), ctx.key, ctx.log and ctx.resign", function()
+    local dir = H.tmpdir("cli")
+    H.write(dir .. "/p.lua", [[
+      return { store = "memory://ctx", key = "svc/k", ttl = 1,
+        on_elected = function(ctx)
+          print("elected " .. ctx.term .. " " .. ctx.node .. " " .. ctx.key) io.stdout:flush()
+          if ctx.term == 1 then ctx.log("stepping", "down") ctx.resign() end
+        end,
+        on_lost = function(ctx, reason) print("lost " .. reason) io.stdout:flush() end }]])
+    local proc = H.spawn({ H.bin, "run", dir .. "/p.lua" }, { dir = dir })
+    finally(function() H.stop(proc) end)
+    local host = H.read("/proc/sys/kernel/hostname"):match("[^\n]+")
+    local expected = "^elected 1 " .. host:gsub("%p", "%%%0") .. " svc/k\nlost resign\nelected 2 "
+    assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match(expected) end, 5),
+      H.read(proc.stdout))
+    assert.truthy(H.read(proc.stderr):match(host:gsub("%p", "%%%0") .. ": stepping down"), H.read(proc.stderr))
+    os.execute("rm -rf " .. H.quote(dir))
+  end)
+
+  it("runs a follower policy (mode = \"follower\"): it sees the leader and the vacancy, never leads", function()
+    local dir = H.tmpdir("cli")
+    local store = "file://" .. dir .. "/store"
+    H.write(dir .. "/leader.lua", ([[
+      return { store = %q, key = "k", node = "a", ttl = 1,
+        on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() end }]]):format(store))
+    H.write(dir .. "/follower.lua", ([[
+      return { store = %q, key = "k", node = "f", ttl = 1, mode = "follower",
+        on_elected = function(ctx) print("elected") io.stdout:flush() end,
+        on_leader_change = function(ctx, leader, term)
+          print("leader " .. tostring(leader) .. " " .. tostring(term)) io.stdout:flush()
+        end }]]):format(store))
+    local a = H.spawn({ H.bin, "run", dir .. "/leader.lua" }, { stdout = dir .. "/a.out", stderr = dir .. "/a.err" })
+    finally(function() H.stop(a) end)
+    assert.truthy(H.wait_until(function() return (H.read(a.stdout) or ""):match("elected 1") end, 5))
+    local f = H.spawn({ H.bin, "run", dir .. "/follower.lua" }, { stdout = dir .. "/f.out", stderr = dir .. "/f.err" })
+    finally(function() H.stop(f) end)
+    assert.truthy(H.wait_until(function() return (H.read(f.stdout) or ""):match("leader a 1") end, 5),
+      H.read(f.stderr))
+    H.stop(a)
+    assert.truthy(H.wait_until(function() return (H.read(f.stdout) or ""):match("leader nil nil") end, 5),
+      H.read(f.stdout))
+    assert.falsy(H.read(f.stdout):match("elected"), H.read(f.stdout))
+    H.stop(f)
+    os.execute("rm -rf " .. H.quote(dir))
+  end)
 
   -- A coroutine made by the policy's top level, outside any handler, has
   -- no budget hook of its own: a handler running it gets one all the same.
