@@ -64,7 +64,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
  * outside any handler (a policy's top level) has none, and a handler
  * resuming it would run it unbudgeted. A hook of someone else's (a
  * debugger's) is left alone. */
-static int call_budgeted(lua_State *L, lua_State *co, bool wrapped)
+static int call_budgeted(lua_State *L, lua_State *co)
 {
     bool hooked = current_task && co && !lua_gethook(co);
     if (hooked)
@@ -76,9 +76,9 @@ static int call_budgeted(lua_State *L, lua_State *co, bool wrapped)
         lua_sethook(co, NULL, 0, 0);
     if (status == LUA_OK)
         return lua_gettop(L);
-    /* the original prefixes its caller's position, which is now this
-     * function: ours stands in */
-    if (wrapped && status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+    /* the original prefixes its caller's position (luaL_where), which is
+     * now this C function's, none: ours stands in */
+    if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
         luaL_where(L, 1);
         lua_insert(L, -2);
         lua_concat(L, 2);
@@ -90,13 +90,13 @@ static int call_budgeted(lua_State *L, lua_State *co, bool wrapped)
 static int budgeted_resume(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTHREAD); /* the same message as the original */
-    return call_budgeted(L, lua_tothread(L, 1), false);
+    return call_budgeted(L, lua_tothread(L, 1));
 }
 
 /* What coroutine.wrap returns: [-?, +?, e] */
 static int budgeted_wrapped(lua_State *L)
 {
-    return call_budgeted(L, lua_tothread(L, lua_upvalueindex(2)), true);
+    return call_budgeted(L, lua_tothread(L, lua_upvalueindex(2)));
 }
 
 /* coroutine.wrap: [-1, +1, e] */
