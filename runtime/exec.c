@@ -256,8 +256,13 @@ static char **make_env(char **extra, size_t nextra)
     return env;
 }
 
-static void __attribute__((noreturn)) child_exec(command *c, char **env, int go, int report)
+static void __attribute__((noreturn))
+child_exec(command *c, char **env, int go, int report, int go_parent, int report_parent)
 {
+    /* the parent's ends: held here, the go pipe would never end when the
+     * parent closes it without a go byte, nor the report pipe for it */
+    close(go_parent);
+    close(report_parent);
     setpgid(0, 0);
     sigset_t none;
     sigemptyset(&none);
@@ -299,7 +304,7 @@ static int command_start(command *c, char **extra, size_t nextra, double term_at
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0)
-        child_exec(c, env, go[0], report[1]);
+        child_exec(c, env, go[0], report[1], go[1], report[0]);
     free(env);
     close(go[0]);
     close(report[1]);

@@ -19,12 +19,23 @@ ls_store *ls_lua_check_store(lua_State *L, int index)
     return ls->store;
 }
 
+/* Options nest no deeper than tls = { ca = ... }; the cap also ends a
+ * table that contains itself. */
+enum { MAX_OPTION_DEPTH = 4 };
+
 /* Flattens a Lua options table into cfg: { tls = { ca = "x" } } becomes
  * "tls.ca" = "x". -1 with err on values that are not strings, numbers or
- * booleans. */
-static int flatten_options(lua_State *L, int index, const char *prefix, ls_store_config *cfg,
-                           char *err, size_t errlen)
+ * booleans, and on tables nested deeper than MAX_OPTION_DEPTH. */
+static int flatten_options(lua_State *L, int index, const char *prefix, int depth,
+                           ls_store_config *cfg, char *err, size_t errlen)
 {
+    if (depth > MAX_OPTION_DEPTH) {
+        /* prefix is "a.b.c.d.": the name of the table too deep */
+        snprintf(err, errlen, "store option '%.*s' nests tables deeper than %d levels",
+                 (int)strlen(prefix) - 1, prefix, MAX_OPTION_DEPTH);
+        return -1;
+    }
+    luaL_checkstack(L, 3, "store options");
     index = lua_absindex(L, index);
     lua_pushnil(L);
     while (lua_next(L, index)) {
@@ -39,7 +50,7 @@ static int flatten_options(lua_State *L, int index, const char *prefix, ls_store
         if (type == LUA_TTABLE) {
             char nested[260];
             snprintf(nested, sizeof nested, "%s.", name);
-            if (flatten_options(L, -1, nested, cfg, err, errlen) < 0) {
+            if (flatten_options(L, -1, nested, depth + 1, cfg, err, errlen) < 0) {
                 lua_pop(L, 2);
                 return -1;
             }
@@ -70,7 +81,7 @@ static int store_new(lua_State *L)
         return luaL_error(L, "%s", err);
     }
     if (lua_istable(L, 2)) {
-        if (flatten_options(L, 2, "", &cfg, err, sizeof err) < 0 ||
+        if (flatten_options(L, 2, "", 1, &cfg, err, sizeof err) < 0 ||
             ls_config_timeout(&cfg, err, sizeof err) < 0) {
             ls_config_free(&cfg);
             return luaL_error(L, "%s", err);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,11 +50,6 @@ typedef struct guard {
 
 static void signal_group(guard *g, int signo, const char *why, int fd)
 {
-    char pgid[16];
-    snprintf(pgid, sizeof pgid, "%d", (int)g->pgid);
-    ls_log_event(signo == SIGKILL ? LS_ERROR : LS_WARN,
-                 signo == SIGKILL ? "watchdog: SIGKILL to command" : "watchdog: SIGTERM to command",
-                 "pgid", pgid, "why", why, NULL);
     /* tell leadership first, so the report is there when it reaps */
     if (fd >= 0) {
         watchdog_msg m = {.op = MSG_SIGNALLED, .pgid = g->pgid, .signo = signo};
@@ -62,6 +58,29 @@ static void signal_group(guard *g, int signo, const char *why, int fd)
     kill(-g->pgid, signo);
     if (signo != SIGKILL)
         kill(-g->pgid, SIGCONT); /* a stopped group would never see SIGTERM */
+    /* the log last: a write to a stalled log pipe must not hold the kill */
+    char pgid[16];
+    snprintf(pgid, sizeof pgid, "%d", (int)g->pgid);
+    ls_log_event(signo == SIGKILL ? LS_ERROR : LS_WARN,
+                 signo == SIGKILL ? "watchdog: SIGKILL to command" : "watchdog: SIGTERM to command",
+                 "pgid", pgid, "why", why, NULL);
+}
+
+/* Its own stderr, not blocking, when that is a pipe or a terminal: a log
+ * reader that stalls must not hold the watchdog between its SIGTERM and
+ * its SIGKILL. Reopening gives an open file of its own (O_NONBLOCK set on
+ * the inherited one would be leadership's too). A file does not block; a
+ * socket (the journal's) cannot be reopened, and stays as it is. */
+static void stderr_nonblocking(void)
+{
+    struct stat st;
+    if (fstat(2, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)))
+        return;
+    int fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    dup2(fd, 2);
+    close(fd);
 }
 
 static int ms_until(double when)
@@ -101,20 +120,29 @@ static void __attribute__((noreturn)) watchdog_main(int fd)
     signal(SIGTERM, SIG_IGN);
     signal(SIGTSTP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    /* in a group of its own it is in the background: a terminal with
+     * `stty tostop` would stop it at its first log line */
+    signal(SIGTTOU, SIG_IGN);
     setpgid(0, 0);
     prctl(PR_SET_NAME, "leadership-wd");
+    /* the socket to 3 first: with stdin, stdout or stderr closed in
+     * leadership, it may be 0, 1 or 2, which /dev/null replaces below */
+    int socket_was = fd;
+    if (fd != 3) {
+        dup2(fd, 3);
+        fd = 3;
+    }
     /* hold nothing of leadership's: no store socket, no lock file (a file://
      * holder's flock must go when leadership dies), no stdout pipe */
     int devnull = open("/dev/null", O_RDWR);
     if (devnull >= 0) {
         dup2(devnull, 0);
         dup2(devnull, 1);
-    }
-    if (fd != 3) {
-        dup2(fd, 3);
-        fd = 3;
+        if (socket_was == 2)
+            dup2(devnull, 2);
     }
     close_range(4, ~0U, 0);
+    stderr_nonblocking();
 
     guard g = {0};
     bool eof = false;

@@ -280,6 +280,17 @@ describe("engine on memory://", function()
     end)
   end
 
+  it("refuses store options nested too deep, or containing themselves, naming them", function()
+    local deep = { tls = { a = { b = { c = { d = "x" } } } } }
+    assert.has_error(function() L.store("memory://x", deep) end,
+      "store option 'tls.a.b.c' nests tables deeper than 4 levels")
+    local cyclic = {}
+    cyclic.loop = cyclic
+    local ok, err = pcall(L.store, "memory://x", cyclic)
+    assert.is_false(ok)
+    assert.truthy(err:match("store option 'loop%.loop%.loop%.loop' nests tables deeper than 4 levels"), err)
+  end)
+
   it("leaves coroutine.resume, close and wrap working as before outside handlers", function()
     local co = coroutine.create(function(x)
       local y = coroutine.yield(x + 1)

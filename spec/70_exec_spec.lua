@@ -88,6 +88,8 @@ describe("leadership exec", function()
       { "exec", "--store", "file:///tmp/x", "--key", "k" },              -- no command
       { "exec", "--key", "k", "--", "true" },                             -- no store
       { "exec", "--store", "file:///tmp/x", "--key", "k", "--grace", "-1", "--", "true" },
+      { "exec", "--store", "file:///tmp/x", "--key", "k", "--grace", "100000", "--", "true" }, -- over a day
+      { "leader", "--store", "file:///tmp/x", "--key", "k", "--timeout", "1e300" },
       { "exec", "--store", "file:///tmp/x", "--key", "k", "--ttl", "0", "--", "true" },
       { "exec", "--store", "nope://x", "--key", "k", "--", "true" },
       { "exec", "--store", "file:///tmp/x", "--key", "k", "--grase", "1", "--", "true" },
@@ -147,6 +149,58 @@ describe("leadership exec", function()
     assert.equal(70, O.wait_status(a_status, GRACE + 5), logs(a))
     assert.same({}, O.group(pgid))
     assert.truthy((H.read(a.stderr) or ""):find("watchdog", 1, true))
+  end)
+
+  it("ignores SIGHUP (a unit's reload): leadership and the command go on", function()
+    local dir = tmp()
+    local a, a_status = exec(dir, "file://" .. dir .. "/store", "svc/hup", "A")
+    track(a)
+    assert.truthy(H.wait_until(function() return O.command_of(dir, "A", 1) end, 10), logs(a))
+    H.signal(a, "HUP")
+    os.execute("sleep 0.3")
+    assert.is_true(H.alive(a), logs(a))
+    local t = L.time()
+    assert.truthy(H.wait_until(function() local _, last = O.stamp_span(dir, "A", 1); return last > t end, 2))
+    assert.truthy((H.read(a.stderr) or ""):find("SIGHUP", 1, true), logs(a))
+    H.signal(a, "TERM")
+    assert.equal(0, O.wait_status(a_status, 5), logs(a))
+  end)
+
+  -- The watchdog's socket to leadership took descriptor 0 or 1 when those
+  -- were closed, and /dev/null then replaced it: every exec exited 70.
+  it("runs with stdin and stdout closed", function()
+    local dir = tmp()
+    local out = H.sh(("%s exec --store file://%s/store --key k -- true <&- >&- 2>%s/err; echo \"exit=$?\"")
+      :format(H.quote(H.bin), dir, dir))
+    assert.truthy(out:match("exit=0%s*$"), out .. (H.read(dir .. "/err") or ""))
+  end)
+
+  -- The watchdog logs to leadership's stderr. A log reader that stalls (a
+  -- full pipe) once held it in that write, before its kill: the command
+  -- of a paused leader ran on past the deadline.
+  it("a stalled log pipe does not hold the watchdog: a paused leader's command is ended by the deadline", function()
+    local dir = tmp()
+    local url, key = "file://" .. dir .. "/store", "svc/stalled-log"
+    local fifo = dir .. "/log"
+    os.execute("mkfifo " .. H.quote(fifo))
+    local reader = H.spawn({ "sh", "-c", 'exec sleep 60 <"$0"', fifo }) -- opens it, never reads
+    finally(function() H.signal(reader, "KILL") end)
+    local argv = { H.bin, "exec", "--store", url, "--key", key, "--node", "A", "--ttl", tostring(TTL),
+                   "--grace", "30", "--log-level", "debug", "--", "sh", O.exec_script(dir) }
+    local a = O.spawn_status(argv, { dir = dir, name = "A", env = { DIR = dir, IGNORE_TERM = "1" }, stderr = fifo })
+    a.name = "A"
+    track(a)
+    local pgid = H.wait_until(function() return O.first_command(dir, "A") end, 10)
+    assert.truthy(pgid, "A's command never started")
+    -- fill the pipe through a descriptor of our own, until it would block
+    os.execute(("dd if=/dev/zero of=/proc/%d/fd/2 bs=4096 count=64 oflag=nonblock 2>/dev/null"):format(a.pid))
+    local t0 = L.time()
+    H.signal(a, "STOP")
+    local gone = H.wait_until(function() return #O.group(pgid) == 0 end, TTL + 2, 0.02)
+    assert.truthy(gone, "A's command group alive " .. (L.time() - t0) .. " s after the pause: " ..
+      table.concat(O.group(pgid), " "))
+    local _, a_last = O.stamp_span(dir, "A")
+    assert.truthy(a_last - t0 < TTL, "A's command ran on for " .. (a_last - t0))
   end)
 
   local function report(name, why)

@@ -146,16 +146,22 @@ function M.run(args)
   return 0
 end
 
--- Seconds from a flag: a number >= 0, or nil and a message.
-local function seconds(options, field, flag, default, positive)
+-- Seconds from a flag: a number >= 0 (> 0 if positive) and below `below`
+-- if given, or nil and a message.
+local function seconds(options, field, flag, default, positive, below)
   local text = options[field]
   if text == nil then return default end
   local value = tonumber(text)
-  if not value or value ~= value or value < 0 or value == math.huge or (positive and value == 0) then
-    return nil, ("--%s wants seconds%s, got '%s'"):format(flag, positive and " > 0" or "", text)
+  if not value or value ~= value or value < 0 or value == math.huge or (positive and value == 0)
+      or (below and value >= below) then
+    return nil, ("--%s wants seconds%s%s, got '%s'"):format(flag, positive and " > 0" or "",
+      below and (" below %d"):format(below) or "", text)
   end
   return value
 end
+
+-- A day: the longest grace leadership.command takes, and the longest wait.
+local DAY = 86400
 
 -- Checks the flags a command cannot do without.
 local function require_flags(options, command, names)
@@ -179,7 +185,7 @@ function M.exec(args)
   if not ok then return fail(err) end
   local ttl, ttl_err = seconds(options, "ttl", "ttl", 15, true)
   if not ttl then return fail(ttl_err) end
-  local grace, grace_err = seconds(options, "grace", "grace", 5)
+  local grace, grace_err = seconds(options, "grace", "grace", 5, false, DAY)
   if not grace then return fail(grace_err) end
   local node = options.node or util.hostname()
   if node == "" or node:find("[\n\r%z]") then return fail("--node must be a non-empty line of text") end
@@ -235,7 +241,7 @@ function M.leader(args)
   if not ok then return fail(err) end
   ok, err = configure_logs(options, "error")
   if not ok then return fail(err) end
-  local timeout, timeout_err = seconds(options, "timeout", "timeout", 5, true)
+  local timeout, timeout_err = seconds(options, "timeout", "timeout", 5, true, DAY)
   if not timeout then return fail(timeout_err) end
   local f, store = follow(options)
   if not f then return fail(store) end

@@ -107,10 +107,14 @@ function M.run(opts)
   end
   L.on_signal("TERM", stop)
   L.on_signal("INT", stop)
+  -- SIGHUP's default would end us at once, our command unguarded and the
+  -- key not released; a unit's ExecReload sends it
+  L.on_signal("HUP", function() L.log("info", "SIGHUP: exec has nothing to reload; ignored") end)
   c:run()
   L.run()
   L.on_signal("TERM", nil)
   L.on_signal("INT", nil)
+  L.on_signal("HUP", nil)
   cmd:close()
   c:close()
   -- the election goes with the collector (the metrics server holds it
