@@ -2,6 +2,7 @@
 
 #include <event2/event.h>
 #include <lauxlib.h>
+#include <math.h>
 #include <signal.h>
 #include <string.h>
 
@@ -78,6 +79,10 @@ static int core_time(lua_State *L)
 static int core_run(lua_State *L)
 {
     double timeout = luaL_optnumber(L, 1, -1);
+    if (timeout == HUGE_VAL)
+        timeout = -1; /* no limit, as without one */
+    else if (timeout > 1e8)
+        timeout = 1e8; /* a timeval cannot hold more than time_t */
     if (ls_task_current() || ls_loop_depth() > 0)
         return luaL_error(L, "leadership.run cannot be called from inside the loop (a handler)");
     lua_pushboolean(L, ls_loop_run(timeout, true));

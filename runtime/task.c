@@ -28,6 +28,11 @@ static double task_budget = 0.2;
 static unsigned live_tasks;
 /* Marks a yield that came from leadership.sleep (its address is the mark). */
 static const char sleep_mark = 's';
+/* Registry key of the set of live tasks' threads (weak keys). */
+static const char task_threads_key = 't';
+/* The longest sleep: some three years, "until cancelled" in practice. A
+ * timeval cannot hold math.huge. */
+#define MAX_SLEEP 1e8
 
 /* Instructions between checks of the clock: cheap, yet fine-grained. */
 enum { HOOK_INTERVAL = 1000 };
@@ -86,10 +91,40 @@ static int call_budgeted(lua_State *L, lua_State *co)
     return lua_error(L);
 }
 
-/* coroutine.resume and coroutine.close: [-?, +?, e] */
+/* Is thread (at index) a live task's? */
+static bool is_task_thread(lua_State *L, int index)
+{
+    index = lua_absindex(L, index);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return false;
+    }
+    lua_pushvalue(L, index);
+    bool found = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    return found;
+}
+
+/* coroutine.resume: [-?, +?, e]. A handler's own coroutine is the
+ * runtime's to resume: resumed from elsewhere, it would run leader code
+ * unchecked against the deadline, and could be closed while it runs. */
 static int budgeted_resume(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTHREAD); /* the same message as the original */
+    if (is_task_thread(L, 1)) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "cannot resume a handler's own coroutine: the runtime does");
+        return 2;
+    }
+    return call_budgeted(L, lua_tothread(L, 1));
+}
+
+/* coroutine.close: [-?, +?, e] */
+static int budgeted_close(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    if (is_task_thread(L, 1))
+        return luaL_error(L, "cannot close a handler's own coroutine: the runtime does");
     return call_budgeted(L, lua_tothread(L, 1));
 }
 
@@ -119,7 +154,7 @@ void ls_task_budget_coroutines(lua_State *L)
         lua_CFunction budgeted;
     } replaced[] = {
         {"resume", budgeted_resume},
-        {"close", budgeted_resume},
+        {"close", budgeted_close},
         {"wrap", budgeted_wrap},
     };
     if (lua_getglobal(L, "coroutine") != LUA_TTABLE) {
@@ -170,6 +205,13 @@ static void task_finish(ls_task *task)
     }
     current_task = outer;
     event_free(task->wake);
+    if (lua_rawgetp(task->main, LUA_REGISTRYINDEX, &task_threads_key) == LUA_TTABLE) {
+        lua_pushthread(task->co);
+        lua_xmove(task->co, task->main, 1);
+        lua_pushnil(task->main);
+        lua_rawset(task->main, -3);
+    }
+    lua_pop(task->main, 1);
     luaL_unref(task->main, LUA_REGISTRYINDEX, task->co_ref);
     free(task);
     live_tasks--;
@@ -188,17 +230,33 @@ static void arm(ls_task *task, double seconds)
     evtimer_add(task->wake, &tv);
 }
 
+/* The error object as text: [-0, +1, e] (a __tostring may raise) */
+static int error_text(lua_State *L)
+{
+    luaL_tolstring(L, 1, NULL);
+    return 1;
+}
+
 static void report_failure(ls_task *task)
 {
-    lua_State *co = task->co;
-    const char *message = luaL_tolstring(co, -1, NULL); /* non-string errors too */
-    luaL_traceback(co, co, message, 0);
-    ls_log(LS_ERROR, "handler %s raised: %s", task->name, lua_tostring(co, -1));
-    lua_pop(co, 1);
+    lua_State *co = task->co, *L = task->main;
+    /* non-string errors too, their __tostring run protected and budgeted,
+     * on the loop's thread: a dead coroutine runs nothing */
+    const char *type = luaL_typename(co, -1);
+    lua_pushcfunction(L, error_text);
+    lua_xmove(co, L, 1);
+    if (ls_task_pcall(L, 1, 1, 0, task->name) != LUA_OK || !lua_isstring(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "(a %s error object whose __tostring failed)", type);
+    }
+    const char *message = lua_tostring(L, -1);
+    luaL_traceback(L, co, message, 0);
+    ls_log(LS_ERROR, "handler %s raised: %s", task->name, lua_tostring(L, -1));
     /* a cancelled task's owner may be gone (an election collected while
      * its handler ran) */
     if (task->owner && task->owner->failed && !task->cancelled)
         task->owner->failed(task->owner_arg, message);
+    lua_pop(L, 2);
 }
 
 static void task_resume(evutil_socket_t fd, short what, void *arg)
@@ -245,9 +303,12 @@ int ls_task_pcall(lua_State *L, int nargs, int nresults, int msgh, const char *n
     ls_task call = {.co = L, .name = name, .resumed_at = ls_now()};
     ls_task *outer = current_task;
     current_task = &call;
+    /* put back what was there: an outer call's budget, on a nested one */
+    lua_Hook hook = lua_gethook(L);
+    int mask = lua_gethookmask(L), count = lua_gethookcount(L);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
     int status = lua_pcall(L, nargs, nresults, msgh);
-    lua_sethook(L, NULL, 0, 0);
+    lua_sethook(L, hook, mask, count);
     current_task = outer;
     return status;
 }
@@ -260,6 +321,20 @@ ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group, const ls_t
     task->main = lua_tothread(L, -1);
     lua_pop(L, 1);
     task->co = lua_newthread(L);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &task_threads_key);
+    }
+    lua_pushvalue(L, -2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
     task->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_xmove(L, task->co, nargs + 1);
     task->pending_args = nargs;
@@ -297,6 +372,8 @@ int ls_task_sleep(lua_State *L)
 {
     double seconds = luaL_optnumber(L, 1, 0);
     luaL_argcheck(L, seconds >= 0 && seconds == seconds, 1, "sleep wants seconds >= 0");
+    if (seconds > MAX_SLEEP)
+        seconds = MAX_SLEEP;
     if (current_task && current_task->co == L && current_task->wake) {
         lua_pushlightuserdata(L, (void *)&sleep_mark);
         lua_pushnumber(L, seconds);

@@ -280,6 +280,59 @@ describe("engine on memory://", function()
     end)
   end
 
+  -- Resumed from elsewhere, a handler's coroutine would run leader code
+  -- unchecked against the deadline, and could be closed while it ran.
+  it("refuses to resume or close a handler's own coroutine from outside it", function()
+    local s = new_store()
+    local a = new_candidate(s, "k", "a")
+    local co
+    a.on_elected = function()
+      co = coroutine.running()
+      L.sleep(10)
+    end
+    a:run()
+    L.sleep(0.05)
+    assert.truthy(co)
+    assert.same({ false, "cannot resume a handler's own coroutine: the runtime does" }, { coroutine.resume(co) })
+    assert.has_error(function() coroutine.close(co) end, "cannot close a handler's own coroutine: the runtime does")
+    a:stop()
+    L.sleep(0.05)
+    assert.same({ false, "cannot resume dead coroutine" }, { coroutine.resume(co) }) -- its task is over
+  end)
+
+  it("reports an error object whose __tostring raises, and the loop goes on", function()
+    local s = new_store()
+    local errors = {}
+    local a = new_candidate(s, "k", "a")
+    a.on_elected = function()
+      error(setmetatable({}, { __tostring = function() error("no text") end }))
+    end
+    a.on_error = function(_, err) errors[#errors + 1] = err end
+    a:run()
+    L.sleep(0.05)
+    assert.equal("(a table error object whose __tostring failed)", errors[1])
+    assert.is_true(a:is_leader())
+    a:stop()
+  end)
+
+  it("sleeps math.huge as long as leadership lasts (no timeval overflow)", function()
+    local s = new_store()
+    local a = new_candidate(s, "k", "a")
+    local woke, closed = false, false
+    a.on_elected = function()
+      local guard <close> = setmetatable({}, { __close = function() closed = true end })
+      L.sleep(math.huge)
+      woke = true
+    end
+    a:run()
+    L.sleep(0.1)
+    assert.is_false(woke)
+    a:stop()
+    L.sleep(0.02)
+    assert.is_false(woke)
+    assert.is_true(closed)
+  end)
+
   it("refuses store options nested too deep, or containing themselves, naming them", function()
     local deep = { tls = { a = { b = { c = { d = "x" } } } } }
     assert.has_error(function() L.store("memory://x", deep) end,
