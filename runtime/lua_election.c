@@ -92,7 +92,7 @@ static void hook_elected(void *owner, uint64_t term)
 static void hook_lost(void *owner, const char *reason)
 {
     lua_election *le = owner;
-    ls_task_cancel_group(&le->leader_tasks);
+    ls_task_cancel_group_later(&le->leader_tasks);
     lua_State *S = ls_lua_scratch();
     if (!push_handler(S, le, "on_lost"))
         return;

@@ -263,6 +263,11 @@ static void task_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
     ls_task *task = arg;
+    /* cancelled, its owner may be gone */
+    if (task->cancelled) {
+        task_finish(task);
+        return;
+    }
     /* still_valid may step the election down, cancelling this very task:
      * marked running, it is only flagged, and finished here */
     task->running = true;
@@ -354,19 +359,26 @@ ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group, const ls_t
     return task;
 }
 
-void ls_task_cancel_group(ls_task_group *group)
+static void cancel_group(ls_task_group *group, bool now)
 {
     while (group->head) {
         ls_task *task = group->head;
         group_unlink(task);
         task->cancelled = true;
         /* a running coroutine cannot be closed now; it is when it yields */
-        if (!task->running) {
-            evtimer_del(task->wake);
+        if (task->running)
+            continue;
+        evtimer_del(task->wake);
+        if (now)
             task_finish(task);
-        }
+        else
+            arm(task, 0); /* task_resume finishes it */
     }
 }
+
+void ls_task_cancel_group(ls_task_group *group) { cancel_group(group, true); }
+
+void ls_task_cancel_group_later(ls_task_group *group) { cancel_group(group, false); }
 
 int ls_task_sleep(lua_State *L)
 {

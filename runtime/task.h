@@ -31,6 +31,10 @@ unsigned long long ls_task_tag(ls_task *task);
 /* Cancels every task of the group: never resumed again, to-be-closed
  * variables closed (at once, or when a running one next yields). */
 void ls_task_cancel_group(ls_task_group *group);
+/* The same, their to-be-closed variables closed on the next loop turn: for
+ * engine callbacks, amid which no Lua may run that could stop or free the
+ * election (a __close may do both). */
+void ls_task_cancel_group_later(ls_task_group *group);
 
 /* The task whose coroutine is running, or NULL. */
 ls_task *ls_task_current(void);

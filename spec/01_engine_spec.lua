@@ -300,6 +300,31 @@ describe("engine on memory://", function()
     assert.same({ false, "cannot resume dead coroutine" }, { coroutine.resume(co) }) -- its task is over
   end)
 
+  -- The engine's step-down once closed the lost term's to-be-closed
+  -- variables in its own callback: a __close stopping and collecting the
+  -- election freed it under the engine (a crash).
+  it("closes on_elected's to-be-closed variables after the engine's step-down, safe to stop and collect", function()
+    local s = new_store()
+    local closed, live = false, nil
+    do
+      local a = new_candidate(s, "k", "a", { ttl = 0.3 })
+      a.on_elected = function()
+        local guard <close> = setmetatable({}, { __close = function()
+          a:stop()
+          a = nil
+          collectgarbage()
+          collectgarbage()
+          closed, live = true, L.live().elections
+        end })
+        assert(s:inject("renew_fail", true)) -- the local deadline passes
+        L.sleep(10)
+      end
+      a:run()
+    end
+    assert.truthy(Rec.loop_until(function() return closed end, 2))
+    assert.equal(0, live)
+  end)
+
   it("reports an error object whose __tostring raises, and the loop goes on", function()
     local s = new_store()
     local errors = {}
