@@ -47,6 +47,7 @@ typedef struct command {
     bool termed;       /* we sent SIGTERM to the group */
     double kill_at;    /* our SIGKILL is due (monotonic), 0: none */
     const char *cause; /* why the group ended: NULL (by itself), "terminated", "watchdog" */
+    bool ended_itself; /* CMD exited before any cause: what it left ending later is no cause */
     bool holding;
     int self_ref; /* until close: handlers need the object */
 } command;
@@ -149,8 +150,11 @@ static void group_gone(command *c)
     c->pgid = 0;
     c->termed = false;
     c->kill_at = 0;
-    const char *cause = c->cause;
+    /* a one-shot CMD that finished is not run again because what it left
+     * behind was still ending when leadership was lost */
+    const char *cause = c->ended_itself ? NULL : c->cause;
     c->cause = NULL;
+    c->ended_itself = false;
     if (c->holding) {
         c->holding = false;
         ls_loop_release();
@@ -160,6 +164,7 @@ static void group_gone(command *c)
 
 static void main_exited(command *c, int wstatus)
 {
+    c->ended_itself = !c->cause;
     c->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
     char status[16];
     snprintf(status, sizeof status, "%d", c->status);
@@ -317,6 +322,7 @@ static int command_start(command *c, char **extra, size_t nextra, double term_at
     setpgid(pid, pid);
     c->pid = c->pgid = pid;
     c->cause = NULL;
+    c->ended_itself = false;
     c->termed = false;
     c->kill_at = 0;
     bool guarded = ls_watchdog_arm(c->watchdog, pid, term_at, kill_at, c->eof_grace) == 0;

@@ -151,6 +151,25 @@ describe("leadership exec", function()
     assert.truthy((H.read(a.stderr) or ""):find("watchdog", 1, true))
   end)
 
+  -- What a finished command left behind was still ending when leadership
+  -- was lost; its end was taken for an interrupted command's, and the
+  -- finished one-shot job ran again in the next term.
+  it("a command that finished is not run again when what it left outlives a loss", function()
+    local dir = tmp()
+    local argv = { H.bin, "exec", "--store", "file://" .. dir .. "/store", "--key", "k", "--ttl", tostring(TTL),
+                   "--grace", "10", "--", "sh", "-c",
+                   'echo "$LEADERSHIP_TERM" >> "$DIR/starts"; (trap "" TERM; exec sleep 20) & exit 5' }
+    local a, a_status = O.spawn_status(argv, { dir = dir, name = "A", env = { DIR = dir } })
+    a.name = "A"
+    track(a)
+    assert.truthy(H.wait_until(function() return H.read(dir .. "/starts") end, 5), logs(a))
+    H.signal(a, "STOP")
+    os.execute("sleep " .. (TTL + 0.5)) -- past the deadline: a loss when it resumes
+    H.signal(a, "CONT")
+    assert.equal(5, O.wait_status(a_status, 15), logs(a))
+    assert.equal("1\n", H.read(dir .. "/starts"), logs(a))
+  end)
+
   it("ignores SIGHUP (a unit's reload): leadership and the command go on", function()
     local dir = tmp()
     local a, a_status = exec(dir, "file://" .. dir .. "/store", "svc/hup", "A")
