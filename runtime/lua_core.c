@@ -55,7 +55,8 @@ void ls_lua_push_value(lua_State *L, const char *value, size_t len)
         return;
     }
     lua_pushlstring(L, value, len);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    /* the decoder may be anyone's: held to the handler budget */
+    if (ls_task_pcall(L, 1, 1, 0, "value decoder") != LUA_OK) {
         lua_pop(L, 1);
         lua_pushlstring(L, value, len);
     }

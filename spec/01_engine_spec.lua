@@ -325,6 +325,24 @@ describe("engine on memory://", function()
     assert.equal(0, live)
   end)
 
+  it("holds a value decoder to the handler budget: one that spins gives the raw value", function()
+    -- init.lua sets the JSON decoder when it loads: loading it again puts it back
+    finally(function() package.loaded["leadership"] = nil; require "leadership" end)
+    local old_budget = L.handler_budget()
+    finally(function() L.handler_budget(old_budget) end)
+    L.handler_budget(0.05)
+    L.set_value_decoder(function() while true do end end)
+    local s = new_store()
+    local a = new_candidate(s, "k", "a")
+    local f = L.follower(s, "k")
+    local seen
+    f.on_leader_change = function(_, leader) seen = leader end
+    a:run(); f:run()
+    assert.truthy(Rec.loop_until(function() return seen end, 2))
+    assert.equal("a", seen)
+    a:stop(); f:stop()
+  end)
+
   it("reports an error object whose __tostring raises, and the loop goes on", function()
     local s = new_store()
     local errors = {}
