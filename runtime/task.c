@@ -64,31 +64,15 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
                (int)(task_budget * 1000));
 }
 
-/* Calls upvalue 1 with the arguments, `co` held to the running handler's
- * budget meanwhile. A new coroutine inherits its creator's hook: one made
- * outside any handler (a policy's top level) has none, and a handler
- * resuming it would run it unbudgeted. A hook of someone else's (a
- * debugger's) is left alone. */
-static int call_budgeted(lua_State *L, lua_State *co)
+/* Puts co under the budget hook while a handler runs it. A new coroutine
+ * inherits its creator's hook: one made outside any handler (a policy's
+ * top level) has none, and a handler resuming it would run it unbudgeted.
+ * The hook stays (outside handlers it does nothing); a hook of someone
+ * else's (a debugger's) is left alone. */
+static void budget_coroutine(lua_State *co)
 {
-    bool hooked = current_task && co && !lua_gethook(co);
-    if (hooked)
+    if (current_task && co && !lua_gethook(co))
         lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_INTERVAL);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    if (hooked)
-        lua_sethook(co, NULL, 0, 0);
-    if (status == LUA_OK)
-        return lua_gettop(L);
-    /* the original prefixes its caller's position (luaL_where), which is
-     * now this C function's, none: ours stands in */
-    if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
-        luaL_where(L, 1);
-        lua_insert(L, -2);
-        lua_concat(L, 2);
-    }
-    return lua_error(L);
 }
 
 /* Is thread (at index) a live task's? */
@@ -105,6 +89,14 @@ static bool is_task_thread(lua_State *L, int index)
     return found;
 }
 
+/* The originals are called in this function's frame, not through
+ * lua_call: their messages name the caller's position as before, and a
+ * resume costs no extra C level. */
+static int call_original(lua_State *L, int upvalue)
+{
+    return lua_tocfunction(L, lua_upvalueindex(upvalue))(L);
+}
+
 /* coroutine.resume: [-?, +?, e]. A handler's own coroutine is the
  * runtime's to resume: resumed from elsewhere, it would run leader code
  * unchecked against the deadline, and could be closed while it runs. */
@@ -116,7 +108,8 @@ static int budgeted_resume(lua_State *L)
         lua_pushliteral(L, "cannot resume a handler's own coroutine: the runtime does");
         return 2;
     }
-    return call_budgeted(L, lua_tothread(L, 1));
+    budget_coroutine(lua_tothread(L, 1));
+    return call_original(L, 1);
 }
 
 /* coroutine.close: [-?, +?, e] */
@@ -125,24 +118,27 @@ static int budgeted_close(lua_State *L)
     luaL_checktype(L, 1, LUA_TTHREAD);
     if (is_task_thread(L, 1))
         return luaL_error(L, "cannot close a handler's own coroutine: the runtime does");
-    return call_budgeted(L, lua_tothread(L, 1));
+    budget_coroutine(lua_tothread(L, 1));
+    return call_original(L, 1);
 }
 
-/* What coroutine.wrap returns: [-?, +?, e] */
+/* What coroutine.wrap returns: upvalue 1 the coroutine (where the
+ * original function reads it), 2 the original.   [-?, +?, e] */
 static int budgeted_wrapped(lua_State *L)
 {
-    return call_budgeted(L, lua_tothread(L, lua_upvalueindex(2)));
+    budget_coroutine(lua_tothread(L, lua_upvalueindex(1)));
+    return call_original(L, 2);
 }
 
 /* coroutine.wrap: [-1, +1, e] */
 static int budgeted_wrap(lua_State *L)
 {
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    call_original(L, 1);
     /* the original's result keeps its coroutine as upvalue 1 */
-    if (!lua_getupvalue(L, -1, 1) || !lua_isthread(L, -1))
+    if (!lua_iscfunction(L, -1) || !lua_getupvalue(L, -1, 1) || !lua_isthread(L, -1))
         return luaL_error(L, "coroutine.wrap: no coroutine in its result");
+    lua_insert(L, -2);
     lua_pushcclosure(L, budgeted_wrapped, 2);
     return 1;
 }
