@@ -269,11 +269,13 @@ child_exec(command *c, char **env, int go, int report, int go_parent, int report
     close(go_parent);
     close(report_parent);
     setpgid(0, 0);
+    /* signals were blocked across the fork: leadership's handlers (which
+     * write to its loop's signal pipe) go before any is let in */
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int s = 1; s < NSIG; s++)
-        signal(s, SIG_DFL);
     /* wait until the watchdog guards the group */
     char byte;
     ssize_t n;
@@ -282,7 +284,10 @@ child_exec(command *c, char **env, int go, int report, int go_parent, int report
     if (n != 1)
         _exit(126);
     /* nothing of leadership's (store sockets, lock files) goes to CMD */
-    close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) { /* Linux before 5.11 */
+        for (long fd = 3, max = sysconf(_SC_OPEN_MAX); fd < max; fd++)
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    }
     execvpe(c->argv[0], c->argv, env);
     int e = errno;
     while (write(report, &e, sizeof e) < 0 && errno == EINTR)
@@ -307,9 +312,13 @@ static int command_start(command *c, char **extra, size_t nextra, double term_at
     }
     char **env = make_env(extra, nextra);
     fflush(NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
     pid_t pid = fork();
     if (pid == 0)
         child_exec(c, env, go[0], report[1], go[1], report[0]);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     free(env);
     close(go[0]);
     close(report[1]);
