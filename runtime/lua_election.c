@@ -272,6 +272,8 @@ static int election_leader(lua_State *L)
 static int election_state(lua_State *L)
 {
     lua_election *le = check_election(L, 1);
+    if (le->e)
+        ls_election_is_leader(le->e); /* past its deadline, a leader steps down first */
     lua_pushstring(L, le->e ? ls_state_name(ls_election_state(le->e)) : "stopped");
     return 1;
 }

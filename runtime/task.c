@@ -196,8 +196,9 @@ static void task_finish(ls_task *task)
     /* a thread that died raising returns that error again: already told */
     int died = lua_status(task->co);
     if (lua_resetthread(task->co) != LUA_OK && (died == LUA_OK || died == LUA_YIELD)) {
+        const char *message = lua_tostring(task->co, -1);
         ls_log(LS_ERROR, "handler %s: error while closing: %s", task->name,
-               lua_tostring(task->co, -1));
+               message ? message : luaL_typename(task->co, -1));
     }
     current_task = outer;
     event_free(task->wake);

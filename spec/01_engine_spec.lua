@@ -343,6 +343,19 @@ describe("engine on memory://", function()
     a:stop(); f:stop()
   end)
 
+  it("state() is not 'leader' past the local deadline, even before the loop runs", function()
+    local s = new_store()
+    local a = new_candidate(s, "k", "a", { ttl = 0.3 })
+    a:run()
+    L.sleep(0.05)
+    assert.equal("leader", a:state())
+    assert(s:inject("renew_fail", true))
+    local deadline = a:deadline()
+    while L.now() <= deadline do end -- a pause: no timer runs
+    assert.are_not.equal("leader", a:state())
+    a:stop()
+  end)
+
   it("reports an error object whose __tostring raises, and the loop goes on", function()
     local s = new_store()
     local errors = {}
