@@ -236,9 +236,10 @@ static int error_text(lua_State *L)
 
 static void report_failure(ls_task *task)
 {
-    lua_State *co = task->co, *L = task->main;
     /* non-string errors too, their __tostring run protected and budgeted,
-     * on the loop's thread: a dead coroutine runs nothing */
+     * on a thread of their own: a dead coroutine runs nothing, and the
+     * main thread may be in the middle of a resume */
+    lua_State *co = task->co, *L = lua_newthread(task->main);
     const char *type = luaL_typename(co, -1);
     lua_pushcfunction(L, error_text);
     lua_xmove(co, L, 1);
@@ -253,7 +254,7 @@ static void report_failure(ls_task *task)
      * its handler ran) */
     if (task->owner && task->owner->failed && !task->cancelled)
         task->owner->failed(task->owner_arg, message);
-    lua_pop(L, 2);
+    lua_pop(task->main, 1); /* the thread, and its strings with it */
 }
 
 static void task_resume(evutil_socket_t fd, short what, void *arg)
