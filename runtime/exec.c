@@ -41,13 +41,14 @@ typedef struct command {
     double eof_grace; /* the watchdog's, when leadership dies */
     ls_watchdog *watchdog;
     struct event *sigchld, *watchdog_ev, *kill_timer;
-    pid_t pid;         /* CMD itself while it runs, else 0 */
-    pid_t pgid;        /* its group while any of it may live, else 0 */
-    int status;        /* CMD's exit status (128 + signal if killed) */
-    bool termed;       /* we sent SIGTERM to the group */
-    double kill_at;    /* our SIGKILL is due (monotonic), 0: none */
-    const char *cause; /* why the group ended: NULL (by itself), "terminated", "watchdog" */
-    bool ended_itself; /* CMD exited before any cause: what it left ending later is no cause */
+    pid_t pid;      /* CMD itself while it runs, else 0 */
+    pid_t pgid;     /* its group while any of it may live, else 0 */
+    int status;     /* CMD's exit status (128 + signal if killed) */
+    bool termed;    /* we sent SIGTERM to the group */
+    double kill_at; /* our SIGKILL is due (monotonic), 0: none */
+    /* why CMD ended: NULL (by itself), "terminated", "watchdog"; set only
+     * while CMD runs, so what a finished CMD left ending later is no cause */
+    const char *cause;
     bool holding;
     int self_ref; /* until close: handlers need the object */
 } command;
@@ -150,11 +151,8 @@ static void group_gone(command *c)
     c->pgid = 0;
     c->termed = false;
     c->kill_at = 0;
-    /* a one-shot CMD that finished is not run again because what it left
-     * behind was still ending when leadership was lost */
-    const char *cause = c->ended_itself ? NULL : c->cause;
+    const char *cause = c->cause;
     c->cause = NULL;
-    c->ended_itself = false;
     if (c->holding) {
         c->holding = false;
         ls_loop_release();
@@ -164,7 +162,6 @@ static void group_gone(command *c)
 
 static void main_exited(command *c, int wstatus)
 {
-    c->ended_itself = !c->cause;
     c->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
     char status[16];
     snprintf(status, sizeof status, "%d", c->status);
@@ -194,7 +191,7 @@ static void drain_watchdog(command *c)
             watchdog_gone(c);
             return;
         }
-        if (c->pgid && report.pgid == c->pgid && !c->cause)
+        if (c->pid && report.pgid == c->pgid && !c->cause)
             c->cause = "watchdog";
     }
 }
@@ -331,7 +328,6 @@ static int command_start(command *c, char **extra, size_t nextra, double term_at
     setpgid(pid, pid);
     c->pid = c->pgid = pid;
     c->cause = NULL;
-    c->ended_itself = false;
     c->termed = false;
     c->kill_at = 0;
     bool guarded = ls_watchdog_arm(c->watchdog, pid, term_at, kill_at, c->eof_grace) == 0;
@@ -431,14 +427,14 @@ static int command_guard(lua_State *L)
 
 /* cmd:terminate(kill_at): SIGTERM to the group now, SIGKILL at kill_at
  * (monotonic) unless it is gone by then. on_exit's cause is then
- * "terminated".   [-0, +0, e] */
+ * "terminated", unless CMD had ended by itself.   [-0, +0, e] */
 static int command_terminate(lua_State *L)
 {
     command *c = check_command(L, 1);
     double kill_at = luaL_checknumber(L, 2);
     if (!c->pgid)
         return 0;
-    if (!c->cause)
+    if (c->pid && !c->cause)
         c->cause = "terminated";
     terminate_group(c, kill_at);
     return 0;
