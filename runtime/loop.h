@@ -32,6 +32,10 @@ void ls_loop_hold(void);
 void ls_loop_release(void);
 unsigned ls_loop_holds(void);
 
+/* The longest wait given to a timer or to ls_loop_run: some three years,
+ * "until stopped" in practice. A timeval cannot hold math.huge. */
+#define LS_LOOP_MAX_WAIT 1e8
+
 /* Runs the loop for `timeout` seconds (< 0: no limit), or until
  * ls_loop_break, or, with until_idle, until nothing holds it. True if
  * nothing holds it when it returns. */

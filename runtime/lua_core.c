@@ -82,8 +82,8 @@ static int core_run(lua_State *L)
     double timeout = luaL_optnumber(L, 1, -1);
     if (timeout == HUGE_VAL)
         timeout = -1; /* no limit, as without one */
-    else if (timeout > 1e8)
-        timeout = 1e8; /* a timeval cannot hold more than time_t */
+    else if (timeout > LS_LOOP_MAX_WAIT)
+        timeout = LS_LOOP_MAX_WAIT;
     if (ls_task_current() || ls_loop_depth() > 0)
         return luaL_error(L, "leadership.run cannot be called from inside the loop (a handler)");
     lua_pushboolean(L, ls_loop_run(timeout, true));
@@ -237,7 +237,7 @@ int luaopen_leadership_core(lua_State *L)
         scratch_thread = lua_newthread(L);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
     }
-    ls_task_budget_coroutines(L);
+    ls_task_open(L);
     luaL_newlib(L, functions);
     ls_lua_store_open(L);
     ls_lua_election_open(L);

@@ -28,11 +28,9 @@ static double task_budget = 0.2;
 static unsigned live_tasks;
 /* Marks a yield that came from leadership.sleep (its address is the mark). */
 static const char sleep_mark = 's';
-/* Registry key of the set of live tasks' threads (weak keys). */
+/* Registry key of the set of live tasks' threads (weak keys), made by
+ * ls_task_open. */
 static const char task_threads_key = 't';
-/* The longest sleep: some three years, "until cancelled" in practice. A
- * timeval cannot hold math.huge. */
-#define MAX_SLEEP 1e8
 
 /* Instructions between checks of the clock: cheap, yet fine-grained. */
 enum { HOOK_INTERVAL = 1000 };
@@ -79,10 +77,7 @@ static void budget_coroutine(lua_State *co)
 static bool is_task_thread(lua_State *L, int index)
 {
     index = lua_absindex(L, index);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        return false;
-    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key);
     lua_pushvalue(L, index);
     bool found = lua_rawget(L, -2) != LUA_TNIL;
     lua_pop(L, 2);
@@ -143,8 +138,17 @@ static int budgeted_wrap(lua_State *L)
     return 1;
 }
 
-void ls_task_budget_coroutines(lua_State *L)
+void ls_task_open(lua_State *L)
 {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key) != LUA_TTABLE) {
+        lua_newtable(L);
+        lua_newtable(L);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &task_threads_key);
+    }
+    lua_pop(L, 1);
     static const struct {
         const char *name;
         lua_CFunction budgeted;
@@ -202,12 +206,11 @@ static void task_finish(ls_task *task)
     }
     current_task = outer;
     event_free(task->wake);
-    if (lua_rawgetp(task->main, LUA_REGISTRYINDEX, &task_threads_key) == LUA_TTABLE) {
-        lua_pushthread(task->co);
-        lua_xmove(task->co, task->main, 1);
-        lua_pushnil(task->main);
-        lua_rawset(task->main, -3);
-    }
+    lua_rawgetp(task->main, LUA_REGISTRYINDEX, &task_threads_key);
+    lua_pushthread(task->co);
+    lua_xmove(task->co, task->main, 1);
+    lua_pushnil(task->main);
+    lua_rawset(task->main, -3);
     lua_pop(task->main, 1);
     luaL_unref(task->main, LUA_REGISTRYINDEX, task->co_ref);
     free(task);
@@ -324,16 +327,7 @@ ls_task *ls_task_spawn(lua_State *L, int nargs, ls_task_group *group, const ls_t
     task->main = lua_tothread(L, -1);
     lua_pop(L, 1);
     task->co = lua_newthread(L);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_newtable(L);
-        lua_pushliteral(L, "k");
-        lua_setfield(L, -2, "__mode");
-        lua_setmetatable(L, -2);
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &task_threads_key);
-    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &task_threads_key);
     lua_pushvalue(L, -2);
     lua_pushboolean(L, 1);
     lua_rawset(L, -3);
@@ -382,8 +376,8 @@ int ls_task_sleep(lua_State *L)
 {
     double seconds = luaL_optnumber(L, 1, 0);
     luaL_argcheck(L, seconds >= 0 && seconds == seconds, 1, "sleep wants seconds >= 0");
-    if (seconds > MAX_SLEEP)
-        seconds = MAX_SLEEP;
+    if (seconds > LS_LOOP_MAX_WAIT)
+        seconds = LS_LOOP_MAX_WAIT;
     if (current_task && current_task->co == L && current_task->wake) {
         lua_pushlightuserdata(L, (void *)&sleep_mark);
         lua_pushnumber(L, seconds);

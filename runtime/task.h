@@ -47,9 +47,11 @@ int ls_task_sleep(lua_State *L);
  * renewals of every election. It cannot sleep. */
 int ls_task_pcall(lua_State *L, int nargs, int nresults, int msgh, const char *name);
 
-/* Replaces coroutine.resume, .close and .wrap with versions that hold a
- * coroutine a handler resumes to the handler's budget. */
-void ls_task_budget_coroutines(lua_State *L);
+/* Sets tasks up in the module's state: the set of handlers' threads, and
+ * coroutine.resume, .close and .wrap replaced with versions that hold a
+ * coroutine a handler resumes to the handler's budget (and refuse a
+ * handler's own). */
+void ls_task_open(lua_State *L);
 
 /* Seconds a handler may run without yielding (default 0.2). */
 void ls_task_set_budget(double seconds);
