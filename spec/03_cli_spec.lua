@@ -1,5 +1,7 @@
 -- The executable's command line: every kind of bad input gets a one-line
 -- message naming what is wrong, and exit status 2.
+local O = require "ops"
+
 local function run(args, policy_text)
   local dir = H.tmpdir("cli")
   local policy = dir .. "/policy.lua"
@@ -67,18 +69,6 @@ describe("leadership (the executable)", function()
     end)
   end
 
-  -- Through sh, which writes the exit status to dir/status when leadership
-  -- ends. Returns sh's process and leadership's pid.
-  local function run_in_background(dir, policy)
-    local sh = H.spawn({ "sh", "-c", '"$0" "$@"; echo $? >"$STATUS"', H.bin, "run", policy },
-      { dir = dir, env = { STATUS = dir .. "/status" } })
-    -- from /proc: pgrep and pkill hang under `make asan test`'s preload
-    local children = ("/proc/%d/task/%d/children"):format(sh.pid, sh.pid)
-    local pid = H.wait_until(function() return (H.read(children) or ""):match("%d+") end, 5)
-    finally(function() H.stop({ pid = assert(tonumber(pid)) }, 1); H.stop(sh, 1) end)
-    return sh, pid
-  end
-
   for _, signal in ipairs({ "TERM", "INT" }) do
     it("runs a policy and stops on SIG" .. signal .. ", releasing, with status 0", function()
       local dir = H.tmpdir("cli")
@@ -86,11 +76,11 @@ describe("leadership (the executable)", function()
         return { store = "memory://run", key = "k", ttl = 1,
           on_elected = function(ctx) print("elected " .. ctx.term) io.stdout:flush() end,
           on_lost = function(ctx, reason) print("lost " .. reason) io.stdout:flush() end }]])
-      local proc, pid = run_in_background(dir, dir .. "/p.lua")
+      local proc, status = O.spawn_status({ H.bin, "run", dir .. "/p.lua" }, { dir = dir })
+      finally(function() H.stop(proc, 1) end)
       assert.truthy(H.wait_until(function() return (H.read(proc.stdout) or ""):match("elected 1") end, 5))
-      os.execute(("kill -%s %s"):format(signal, pid))
-      local status = H.wait_until(function() return (H.read(dir .. "/status") or ""):match("%d+") end, 5)
-      assert.equal("0", status)
+      H.signal(proc, signal)
+      assert.equal(0, O.wait_status(status, 5))
       assert.truthy((H.read(proc.stdout) or ""):match("lost stop"))
       os.execute("rm -rf " .. H.quote(dir))
     end)
