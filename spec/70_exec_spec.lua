@@ -5,13 +5,14 @@ local O = require "ops"
 
 local TTL, GRACE = 2, 1
 
--- An exec process for node on url, running the spec command (ops.lua).
+-- An exec process for node on url, running the spec command (ops.lua);
+-- opts: ttl, grace, ignore_term, stderr (a path).
 local function exec(dir, url, key, node, opts)
   opts = opts or {}
   local argv = { H.bin, "exec", "--store", url, "--key", key, "--node", node, "--ttl", tostring(opts.ttl or TTL),
                  "--grace", tostring(opts.grace or GRACE), "--log-level", "debug", "--", "sh", O.exec_script(dir) }
   local env = { DIR = dir, IGNORE_TERM = opts.ignore_term and "1" or nil }
-  local proc, status = O.spawn_status(argv, { dir = dir, name = node, env = env })
+  local proc, status = O.spawn_status(argv, { dir = dir, name = node, env = env, stderr = opts.stderr })
   proc.name = node
   return proc, status
 end
@@ -204,11 +205,7 @@ describe("leadership exec", function()
     os.execute("mkfifo " .. H.quote(fifo))
     local reader = H.spawn({ "sh", "-c", 'exec sleep 60 <"$0"', fifo }) -- opens it, never reads
     finally(function() H.signal(reader, "KILL") end)
-    local argv = { H.bin, "exec", "--store", url, "--key", key, "--node", "A", "--ttl", tostring(TTL),
-                   "--grace", "30", "--log-level", "debug", "--", "sh", O.exec_script(dir) }
-    local a = O.spawn_status(argv, { dir = dir, name = "A", env = { DIR = dir, IGNORE_TERM = "1" }, stderr = fifo })
-    a.name = "A"
-    track(a)
+    local a = track(exec(dir, url, key, "A", { ignore_term = true, grace = 30, stderr = fifo }))
     local pgid = H.wait_until(function() return O.first_command(dir, "A") end, 10)
     assert.truthy(pgid, "A's command never started")
     -- fill the pipe through a descriptor of our own, until it would block
